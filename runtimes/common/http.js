@@ -1,0 +1,193 @@
+'use strict';
+// Helpers shared by the kiln faas and sma runtimes: request ids, JSON-line
+// logging, the per-request context, JSON responses, body parsing and the
+// listen/shutdown boilerplate. Node built-ins only.
+//
+// In an image this file lives at /kiln/runtime/common/http.js and each runtime
+// requires it as '../common/http.js', which also works from the source tree.
+
+const crypto = require('crypto');
+
+const MAX_BODY_BYTES = 1024 * 1024; // 1 MiB is plenty for JSON params
+
+// An error that carries the HTTP status to answer with (400, 404, 413...).
+class HttpError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.name = 'HttpError';
+    this.status = status;
+  }
+}
+
+// Write one JSON log line: info to stdout, warn/error to stderr.
+// Extra fields never override time, level or msg.
+function writeLog(level, msg, fields) {
+  const entry = { time: new Date().toISOString(), level, msg };
+  for (const [key, value] of Object.entries(fields)) if (!(key in entry)) entry[key] = value;
+  (level === 'info' ? process.stdout : process.stderr).write(JSON.stringify(entry) + '\n');
+}
+
+// A logger whose lines all carry the given fields (e.g. the request id).
+// log.info(msg, extra): extra is an object of fields, or any value (as "data").
+function createLogger(base = {}) {
+  const at = (level) => (msg, extra) => {
+    const more = extra && typeof extra === 'object' && !Array.isArray(extra) ? extra
+      : extra === undefined ? {} : { data: extra };
+    writeLog(level, String(msg), { ...more, ...base });
+  };
+  return { info: at('info'), warn: at('warn'), error: at('error') };
+}
+
+// Use the caller's x-request-id when it looks sane, else make a new one.
+function requestId(req) {
+  const given = req.headers['x-request-id'];
+  if (typeof given === 'string' && /^[\x21-\x7e]{1,200}$/.test(given)) return given;
+  return crypto.randomUUID();
+}
+
+// The `context` handed to functions and service methods.
+function createContext(req, id, path) {
+  return {
+    request: { method: req.method, path, headers: req.headers, id },
+    log: createLogger({ requestId: id }),
+    env: process.env,
+  };
+}
+
+function sendJson(res, status, body) {
+  // `undefined` (a function that returns nothing) is sent as null.
+  const text = JSON.stringify(body === undefined ? null : body);
+  res.writeHead(status, {
+    'content-type': 'application/json; charset=utf-8',
+    'content-length': Buffer.byteLength(text),
+  });
+  res.end(text);
+}
+
+// The JSON shape of an error; never includes the stack.
+function errorBody(err) {
+  if (err instanceof Error) return { error: { message: err.message, name: err.name } };
+  return { error: { message: String(err), name: 'Error' } };
+}
+
+function sendError(res, status, message) {
+  sendJson(res, status, { error: { message, name: 'HttpError' } });
+}
+
+// Read the whole request body as a string, refusing bodies over the limit.
+function readBody(req, limit = MAX_BODY_BYTES) {
+  return new Promise((resolve, reject) => {
+    const chunks = [];
+    let size = 0;
+    const onData = (chunk) => {
+      size += chunk.length;
+      if (size > limit) {
+        // Stop collecting and discard the rest, so the 413 answer can be sent.
+        req.removeListener('data', onData);
+        req.resume();
+        reject(new HttpError(413, `request body larger than ${limit} bytes`));
+        return;
+      }
+      chunks.push(chunk);
+    };
+    req.on('data', onData);
+    req.on('end', () => resolve(Buffer.concat(chunks).toString('utf8')));
+    req.on('error', reject);
+  });
+}
+
+// Parse a JSON request body; an empty body means no params ({}).
+async function readJson(req) {
+  const text = await readBody(req);
+  if (text.trim() === '') return {};
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new HttpError(400, `invalid JSON body: ${err.message}`);
+  }
+}
+
+// Query string to params; a key given more than once becomes an array.
+function queryParams(searchParams) {
+  const params = {};
+  for (const key of new Set(searchParams.keys())) {
+    const all = searchParams.getAll(key);
+    params[key] = all.length === 1 ? all[0] : all;
+  }
+  return params;
+}
+
+// Run a user function and answer with its result (200) or its error (500).
+async function invoke(res, ctx, label, fn, params) {
+  try {
+    sendJson(res, 200, await fn(params, ctx));
+  } catch (err) {
+    ctx.log.error(`${label} threw`, {
+      error: err instanceof Error ? err.stack || err.message : String(err),
+    });
+    if (!res.headersSent) sendJson(res, 500, errorBody(err));
+  }
+}
+
+// Wrap a request handler: set the request id, log the request, turn
+// HttpErrors into JSON answers and anything unexpected into a 500.
+function createHandler(handle) {
+  return async (req, res) => {
+    const started = process.hrtime.bigint();
+    const id = requestId(req);
+    res.setHeader('x-request-id', id);
+    const url = new URL(req.url, 'http://localhost');
+    const ctx = createContext(req, id, url.pathname);
+    res.on('finish', () => {
+      const ms = Number(process.hrtime.bigint() - started) / 1e6;
+      ctx.log.info('request', { method: req.method, path: url.pathname, status: res.statusCode, ms });
+    });
+    try {
+      await handle(req, res, url, ctx);
+    } catch (err) {
+      if (res.headersSent) return res.destroy();
+      if (err instanceof HttpError) return sendError(res, err.status, err.message);
+      ctx.log.error('internal error', { error: err.stack || String(err) });
+      sendError(res, 500, 'internal error');
+    }
+  };
+}
+
+// Listen on $PORT (default 8080) on all interfaces; stop cleanly on signals.
+function listen(server, name) {
+  const port = Number(process.env.PORT || 8080);
+  const log = createLogger({ runtime: name });
+  server.listen(port, () => log.info(`listening on port ${port}`, { cwd: process.cwd() }));
+  const stop = (signal) => {
+    log.info(`${signal} received, shutting down`);
+    server.close(() => process.exit(0));
+    server.closeIdleConnections();
+    setTimeout(() => process.exit(0), 5000).unref();
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+}
+
+// Print a startup problem clearly and stop with exit code 1.
+function fatal(message, err) {
+  process.stderr.write(`kiln: ${message}\n`);
+  if (err) process.stderr.write(`${err.stack || err}\n`);
+  process.exit(1);
+}
+
+module.exports = {
+  HttpError,
+  createLogger,
+  createHandler,
+  createContext,
+  requestId,
+  sendJson,
+  sendError,
+  errorBody,
+  readBody,
+  readJson,
+  queryParams,
+  invoke,
+  listen,
+  fatal,
+};
