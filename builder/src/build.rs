@@ -1,0 +1,429 @@
+//! The build: base → runtime layer → deps layer (`/app/node_modules`) → app layer (`/app`) →
+//! config → manifest, every layer looked up in the cache by key before it is made.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use kiln_layers::oci::{History, MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST, to_canonical_json};
+use kiln_layers::source::ScanOptions;
+use kiln_layers::{
+    BlobStore, CacheKey, Descriptor, Digest, Entry, Layer, LayerBuilder, LayerCache, SourceTree,
+};
+use kiln_runtimes::Runtime;
+use serde_json::json;
+
+use crate::host_base::{LABEL_LIBC, LABEL_NODE_ABI, host_base};
+use crate::image::{Base, rfc3339};
+use crate::{BuildError, Progress, Result, Step, npm};
+
+/// Manifest annotation: the runtime an image was built for.
+pub const ANNOTATION_RUNTIME: &str = "dev.kiln.runtime";
+/// Manifest annotation: digest of the app source and its dependency inputs.
+pub const ANNOTATION_SOURCE: &str = "dev.kiln.source.digest";
+/// Manifest annotation: base image name.
+pub const ANNOTATION_BASE_NAME: &str = "org.opencontainers.image.base.name";
+/// Manifest annotation: base image manifest digest.
+pub const ANNOTATION_BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
+
+/// Where the base image comes from.
+#[derive(Clone, Debug)]
+pub enum BaseSource {
+    /// Made from the host's `node` (on `PATH` when `None`): the offline default.
+    Host(Option<PathBuf>),
+    /// An image in a local OCI layout, by reference name.
+    Layout {
+        /// The layout directory.
+        path: PathBuf,
+        /// The reference name in its `index.json`.
+        tag: String,
+    },
+}
+
+/// What to build.
+#[derive(Clone, Debug)]
+pub struct BuildRequest {
+    /// The app's source directory.
+    pub source: PathBuf,
+    /// Runtime name; detected from the source when `None`.
+    pub runtime: Option<String>,
+    /// The base image.
+    pub base: BaseSource,
+    /// Extra `KEY=value` environment for the image.
+    pub env: Vec<String>,
+    /// mtime of app and deps entries and the image's `created` (`SOURCE_DATE_EPOCH`).
+    pub source_date_epoch: u64,
+    /// The cache directory (an OCI layout plus key files).
+    pub cache_dir: PathBuf,
+}
+
+/// A built image; its blobs are in `store`.
+#[derive(Clone, Debug)]
+pub struct Built {
+    /// The image manifest.
+    pub manifest: Descriptor,
+    /// The runtime it was built for.
+    pub runtime: String,
+    /// Every blob of the image: layers, config, manifest.
+    pub blobs: Vec<Digest>,
+    /// The store holding them (the cache layout).
+    pub store: BlobStore,
+}
+
+/// Builds the image `request` describes, reporting steps to `progress`.
+pub fn build(request: &BuildRequest, progress: &dyn Progress) -> Result<Built> {
+    let source = &request.source;
+    if !source.is_dir() {
+        return Err(kiln_layers::Error::SourceMissing(source.clone()).into());
+    }
+    let (runtime_name, reason) = match &request.runtime {
+        Some(name) => (name.clone(), "--runtime".to_owned()),
+        None => {
+            let (name, reason) = kiln_runtimes::detect(source);
+            (name.to_owned(), format!("detected: {reason}"))
+        }
+    };
+    let runtime = Runtime::get(&runtime_name)?;
+    progress.step(Step::Runtime {
+        name: runtime_name.clone(),
+        reason,
+    });
+    let env = parse_env(&request.env)?;
+    let packages = npm::read(source)?;
+
+    let cache = LayerCache::open(&request.cache_dir)?;
+    let store = cache.store().clone();
+    let base = resolve_base(&request.base, &store, progress)?;
+
+    let mut layers: Vec<(Layer, String)> = Vec::new();
+    let runtime_layer = runtime_layer(&runtime, &cache, progress)?;
+    layers.push((runtime_layer, format!("kiln runtime {}", runtime.name)));
+
+    let epoch = request.source_date_epoch.to_string();
+    let abi = base.label(LABEL_NODE_ABI).unwrap_or("unknown");
+    let platform = format!(
+        "{}/{}/{}",
+        base.config.os,
+        base.config.architecture,
+        base.label(LABEL_LIBC).unwrap_or("unknown")
+    );
+    let deps_key = deps_layer(
+        source,
+        &packages,
+        &cache,
+        &runtime.name,
+        abi,
+        &platform,
+        &epoch,
+        progress,
+    )?;
+    if let Some((layer, key, detail)) = &deps_key {
+        layers.push((
+            layer.clone(),
+            format!("kiln deps: {detail} ({})", key.hex()),
+        ));
+    }
+
+    let tree = SourceTree::scan(
+        source,
+        &ScanOptions {
+            ignore_files: true,
+            exclude_top: vec!["node_modules".into()],
+        },
+    )?;
+    let content = tree.content_key()?;
+    let app_key = CacheKey::new("app")
+        .with("content", content.as_str())
+        .with("mtime", &epoch);
+    let (app_layer, hit) = cached_layer(&cache, &app_key, || {
+        let mut layer = LayerBuilder::new(request.source_date_epoch);
+        layer.add("app", Entry::dir());
+        tree.add_to(&mut layer, "app");
+        Ok(layer.write_to(&store)?)
+    })?;
+    progress.step(Step::Layer {
+        kind: "app",
+        detail: format!("{} entries", tree.entries().len()),
+        descriptor: app_layer.descriptor.clone(),
+        cache_hit: hit,
+    });
+    layers.push((app_layer, "kiln app".into()));
+
+    let source_digest = CacheKey::new("source")
+        .with("app", content.as_str())
+        .with(
+            "deps",
+            deps_key
+                .as_ref()
+                .map(|(_, k, _)| k.to_string())
+                .unwrap_or_default(),
+        )
+        .digest();
+    let annotations = BTreeMap::from([
+        (ANNOTATION_BASE_NAME.to_owned(), base.name.clone()),
+        (
+            ANNOTATION_BASE_DIGEST.to_owned(),
+            base.descriptor.digest.to_string(),
+        ),
+        (ANNOTATION_RUNTIME.to_owned(), runtime.name.clone()),
+        (ANNOTATION_SOURCE.to_owned(), source_digest.to_string()),
+    ]);
+    let manifest = write_image(
+        &store,
+        &base,
+        &runtime,
+        &layers,
+        env,
+        request.source_date_epoch,
+        annotations,
+    )?;
+    let mut blobs: Vec<Digest> = base
+        .manifest
+        .layers
+        .iter()
+        .map(|d| d.digest.clone())
+        .collect();
+    blobs.extend(layers.iter().map(|(l, _)| l.descriptor.digest.clone()));
+    let image: kiln_layers::ImageManifest =
+        serde_json::from_slice(&store.read_blob(&manifest.digest)?)
+            .map_err(kiln_layers::Error::json("manifest"))?;
+    blobs.push(image.config.digest);
+    blobs.push(manifest.digest.clone());
+    Ok(Built {
+        manifest,
+        runtime: runtime.name,
+        blobs,
+        store,
+    })
+}
+
+fn parse_env(env: &[String]) -> Result<Vec<(String, String)>> {
+    env.iter()
+        .map(|kv| {
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| BuildError::InvalidOption {
+                    what: "--env",
+                    value: kv.clone(),
+                    problem: "expected KEY=value".into(),
+                })?;
+            let valid = !k.is_empty()
+                && !k.starts_with(|c: char| c.is_ascii_digit())
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(BuildError::InvalidOption {
+                    what: "--env",
+                    value: kv.clone(),
+                    problem: "key must be letters, digits and _, not starting with a digit".into(),
+                });
+            }
+            Ok((k.to_owned(), v.to_owned()))
+        })
+        .collect()
+}
+
+fn resolve_base(base: &BaseSource, store: &BlobStore, progress: &dyn Progress) -> Result<Base> {
+    let (base, cache_hit) = match base {
+        BaseSource::Host(node) => {
+            let (name, desc, hit) = host_base(store, node.as_deref())?;
+            (Base::load(store, &name, desc)?, hit)
+        }
+        BaseSource::Layout { path, tag } => {
+            let reference = format!("oci:{}:{tag}", path.display());
+            let bad = |problem: String| BuildError::Base {
+                reference: reference.clone(),
+                problem,
+            };
+            let layout = BlobStore::open(path).map_err(|e| bad(e.to_string()))?;
+            let desc = layout.resolve(tag).map_err(|e| bad(e.to_string()))?;
+            let hit = store.contains(&desc.digest);
+            store.import_blob(&layout, &desc.digest)?;
+            let loaded = Base::load(store, &reference, desc)?;
+            for blob in loaded
+                .manifest
+                .layers
+                .iter()
+                .chain([&loaded.manifest.config])
+            {
+                store
+                    .import_blob(&layout, &blob.digest)
+                    .map_err(|e| bad(e.to_string()))?;
+            }
+            (loaded, hit)
+        }
+    };
+    progress.step(Step::Base {
+        name: base.name.clone(),
+        digest: base.descriptor.digest.to_string(),
+        cache_hit,
+    });
+    Ok(base)
+}
+
+/// The layer for `key` from the cache, or made by `make`, written and recorded.
+fn cached_layer(
+    cache: &LayerCache,
+    key: &CacheKey,
+    make: impl FnOnce() -> Result<Layer>,
+) -> Result<(Layer, bool)> {
+    if let Some(layer) = cache.get(key) {
+        return Ok((layer, true));
+    }
+    let layer = make()?;
+    cache.put(key, &layer)?;
+    Ok((layer, false))
+}
+
+fn runtime_layer(runtime: &Runtime, cache: &LayerCache, progress: &dyn Progress) -> Result<Layer> {
+    let builder = runtime.layer()?;
+    let tar = builder.write_tar(Vec::new())?;
+    let key = CacheKey::new("runtime").with("tar", Digest::of(&tar).as_str());
+    let (layer, hit) = cached_layer(cache, &key, || Ok(builder.write_to(cache.store())?))?;
+    progress.step(Step::Layer {
+        kind: "runtime",
+        detail: runtime.name.clone(),
+        descriptor: layer.descriptor.clone(),
+        cache_hit: hit,
+    });
+    Ok(layer)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn deps_layer(
+    source: &Path,
+    packages: &npm::Manifest,
+    cache: &LayerCache,
+    runtime: &str,
+    abi: &str,
+    platform: &str,
+    epoch: &str,
+    progress: &dyn Progress,
+) -> Result<Option<(Layer, Digest, String)>> {
+    let key = CacheKey::new("deps")
+        .with("runtime", runtime)
+        .with("abi", abi)
+        .with("platform", platform)
+        .with("mtime", epoch);
+    let vendored = source.join("node_modules");
+    let store = cache.store();
+    let (key, detail, layer_of): (CacheKey, &str, Box<dyn FnOnce() -> Result<Layer> + '_>) =
+        if vendored.is_dir() {
+            let tree = SourceTree::scan(&vendored, &ScanOptions::default())?;
+            let key = key.with("vendored", tree.stat_key().as_str());
+            (
+                key,
+                "node_modules in source",
+                Box::new(move || Ok(modules_layer(&tree, epoch).write_to(store)?)),
+            )
+        } else if let Some(lock) = &packages.lockfile {
+            let key = key
+                .with("lockfile", Digest::of(lock).as_str())
+                .with("flags", npm::NPM_CI_FLAGS.join(" "));
+            let scratch_root = cache.store().root().join("tmp");
+            let make = move || {
+                std::fs::create_dir_all(&scratch_root)
+                    .map_err(kiln_layers::Error::io("create directory", &scratch_root))?;
+                let scratch = tempfile::tempdir_in(&scratch_root).map_err(
+                    kiln_layers::Error::io("create scratch directory in", &scratch_root),
+                )?;
+                progress.step(Step::Installing);
+                let modules = npm::install(source, scratch.path())?;
+                if !modules.is_dir() {
+                    std::fs::create_dir_all(&modules)
+                        .map_err(kiln_layers::Error::io("create directory", &modules))?;
+                }
+                let tree = SourceTree::scan(&modules, &ScanOptions::default())?;
+                let layer = modules_layer(&tree, epoch).write_to(store)?;
+                drop(scratch);
+                Ok(layer)
+            };
+            (key, "npm ci", Box::new(make))
+        } else if packages.has_dependencies() {
+            return Err(BuildError::MissingLockfile {
+                path: source.join("package.json"),
+            });
+        } else {
+            return Ok(None);
+        };
+    let (layer, hit) = cached_layer(cache, &key, layer_of)?;
+    progress.step(Step::Layer {
+        kind: "deps",
+        detail: detail.into(),
+        descriptor: layer.descriptor.clone(),
+        cache_hit: hit,
+    });
+    Ok(Some((layer, key.digest(), detail.into())))
+}
+
+fn modules_layer(tree: &SourceTree, epoch: &str) -> LayerBuilder {
+    let mut layer = LayerBuilder::new(epoch.parse().unwrap_or(0));
+    layer
+        .add("app", Entry::dir())
+        .add("app/node_modules", Entry::dir());
+    tree.add_to(&mut layer, "app/node_modules");
+    layer
+}
+
+fn write_image(
+    store: &BlobStore,
+    base: &Base,
+    runtime: &Runtime,
+    layers: &[(Layer, String)],
+    env: Vec<(String, String)>,
+    epoch: u64,
+    annotations: BTreeMap<String, String>,
+) -> Result<Descriptor> {
+    let created = rfc3339(epoch);
+    let mut config = base.config.clone();
+    config.created = Some(created.clone());
+    let run = &mut config.config;
+    let mut vars: Vec<(String, String)> = run
+        .env
+        .take()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        })
+        .collect();
+    let defaults = [
+        ("NODE_ENV".to_owned(), "production".to_owned()),
+        ("PORT".to_owned(), runtime.port.to_string()),
+    ];
+    for (k, v) in defaults.into_iter().chain(env) {
+        vars.retain(|(key, _)| key != &k);
+        vars.push((k, v));
+    }
+    run.env = Some(vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect());
+    run.entrypoint = Some(runtime.entrypoint.clone());
+    run.cmd = None;
+    run.working_dir = Some("/app".into());
+    let user = run
+        .user
+        .take()
+        .filter(|u| !u.is_empty() && u != "root" && !u.starts_with("0:") && u != "0");
+    run.user = Some(user.unwrap_or_else(|| "65534:65534".into()));
+    run.exposed_ports = Some(BTreeMap::from([(
+        format!("{}/tcp", runtime.port),
+        json!({}),
+    )]));
+    for (layer, created_by) in layers {
+        config.rootfs.diff_ids.push(layer.diff_id.clone());
+        config.history.push(History {
+            created: Some(created.clone()),
+            created_by: Some(created_by.clone()),
+            ..History::default()
+        });
+    }
+    let config = store.write_blob(MEDIA_TYPE_CONFIG, &to_canonical_json(&config))?;
+    let mut all_layers = base.manifest.layers.clone();
+    all_layers.extend(layers.iter().map(|(l, _)| l.descriptor.clone()));
+    let manifest = kiln_layers::ImageManifest {
+        schema_version: 2,
+        media_type: Some(MEDIA_TYPE_MANIFEST.into()),
+        config,
+        layers: all_layers,
+        annotations,
+    };
+    Ok(store.write_blob(MEDIA_TYPE_MANIFEST, &to_canonical_json(&manifest))?)
+}

@@ -1,0 +1,87 @@
+//! Build errors: each names the file or input at fault and what is wrong with it.
+
+use std::path::PathBuf;
+
+/// Result with a [`BuildError`].
+pub type Result<T, E = BuildError> = std::result::Result<T, E>;
+
+/// Why a build failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// From the layer engine (I/O, symlinks, ignore files, …).
+    #[error(transparent)]
+    Layers(#[from] kiln_layers::Error),
+    /// From the runtime catalog.
+    #[error(transparent)]
+    Runtime(#[from] kiln_runtimes::Error),
+    /// `package.json` is not valid.
+    #[error("{path}: invalid package.json: {problem}")]
+    PackageJson {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// `package-lock.json` is not valid.
+    #[error("{path}: invalid lockfile: {problem}")]
+    Lockfile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
+    /// `package.json` and `package-lock.json` disagree.
+    #[error(
+        "{path}: lockfile out of sync with package.json: {problem} (run npm install and commit the lockfile)"
+    )]
+    LockfileOutOfSync {
+        /// The lockfile.
+        path: PathBuf,
+        /// The first difference.
+        problem: String,
+    },
+    /// Dependencies are declared but there is neither a lockfile nor `node_modules`.
+    #[error(
+        "{path}: declares dependencies but there is no package-lock.json or node_modules (run npm install)"
+    )]
+    MissingLockfile {
+        /// The package.json.
+        path: PathBuf,
+    },
+    /// `npm ci` could not be started or failed.
+    #[error("npm ci for {source_dir} failed ({status}): {output}")]
+    Npm {
+        /// The source directory whose dependencies were installed.
+        source_dir: PathBuf,
+        /// Exit status or spawn error.
+        status: String,
+        /// The end of npm's output.
+        output: String,
+    },
+    /// The host's node could not be made into a base image.
+    #[error("base from host node {node}: {problem}")]
+    HostBase {
+        /// The node binary.
+        node: PathBuf,
+        /// What failed.
+        problem: String,
+    },
+    /// A base image reference that cannot be used.
+    #[error("base image {reference}: {problem}")]
+    Base {
+        /// The reference as given.
+        reference: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// An invalid option value (`--env`, `--tag`, …).
+    #[error("invalid {what} {value:?}: {problem}")]
+    InvalidOption {
+        /// Which option.
+        what: &'static str,
+        /// The value given.
+        value: String,
+        /// What is wrong.
+        problem: String,
+    },
+}
