@@ -1,0 +1,412 @@
+//! End-to-end tests of `kiln build`: every image is validated, read by skopeo, unpacked by
+//! umoci, run as its non-root user and called over HTTP.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use kiln_layers::{BlobStore, validate::validate_layout};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A cache shared by the tests (the host base is built once), npm offline on the fixture cache.
+fn kiln(args: &[&str], npm_cache: &Path) -> Output {
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kiln-cache");
+    Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args(args)
+        .env("KILN_CACHE_DIR", cache)
+        .env("npm_config_cache", npm_cache)
+        .env("npm_config_offline", "true")
+        .env_remove("SOURCE_DATE_EPOCH")
+        .output()
+        .expect("run kiln")
+}
+
+/// A private copy of the vendored npm cache (npm writes into its cache).
+fn npm_cache(tmp: &Path) -> PathBuf {
+    let dest = tmp.join("npm-cache");
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(root().join("fixtures/npm-cache"))
+        .arg(&dest)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    dest
+}
+
+fn build(fixture: &Path, layout: &Path, tag: &str, npm: &Path) -> String {
+    let out = kiln(
+        &[
+            "build",
+            fixture.to_str().unwrap(),
+            "--layout",
+            layout.to_str().unwrap(),
+            "--tag",
+            tag,
+        ],
+        npm,
+    );
+    assert!(
+        out.status.success(),
+        "kiln build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digest = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "stdout {digest:?}"
+    );
+    validate_layout(&BlobStore::open(layout).unwrap()).expect("image validates");
+    digest
+}
+
+/// skopeo reads it, umoci unpacks it; returns the bundle directory.
+fn unpack(layout: &Path, tag: &str, tmp: &Path) -> PathBuf {
+    let inspect = Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci:{}:{tag}", layout.display()))
+        .output()
+        .unwrap();
+    assert!(
+        inspect.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    let bundle = tmp.join("bundle");
+    let unpack = Command::new("umoci")
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:{tag}", layout.display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        unpack.status.success(),
+        "umoci: {}",
+        String::from_utf8_lossy(&unpack.stderr)
+    );
+    bundle
+}
+
+/// Runs the unpacked image like a runtime would (chroot, workdir, image user, image env).
+struct Running {
+    child: Child,
+    port: u16,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(bundle: &Path) -> Running {
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    let process = &config["process"];
+    let (uid, gid) = (
+        process["user"]["uid"].as_u64().unwrap(),
+        process["user"]["gid"].as_u64().unwrap(),
+    );
+    assert_ne!(uid, 0, "image runs as root");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new("unshare");
+    cmd.arg(format!("--root={}", bundle.join("rootfs").display()))
+        .arg(format!("--wd={}", process["cwd"].as_str().unwrap()))
+        .arg(format!("--setuid={uid}"))
+        .arg(format!("--setgid={gid}"))
+        .arg("--")
+        .args(
+            process["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap()),
+        )
+        .env_clear()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for kv in process["env"].as_array().unwrap() {
+        let (k, v) = kv.as_str().unwrap().split_once('=').unwrap();
+        cmd.env(k, v);
+    }
+    cmd.env("PORT", port.to_string());
+    let running = Running {
+        child: cmd.spawn().unwrap(),
+        port,
+    };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return running;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("image did not listen on $PORT");
+}
+
+/// `(status, body)` of an HTTP request to the running image.
+fn http(app: &Running, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-m",
+        "5",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+    ])
+    .arg(format!("http://127.0.0.1:{}{path}", app.port));
+    if let Some(b) = body {
+        cmd.args(["-H", "content-type: application/json", "--data", b]);
+    }
+    let out = String::from_utf8(cmd.output().unwrap().stdout).unwrap();
+    let (body, status) = out.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_owned())
+}
+
+fn layer_paths(bundle: &Path) -> Vec<String> {
+    let out = Command::new("find")
+        .arg(bundle.join("rootfs/app"))
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn faas_image_runs_functions_and_leaves_ignored_and_secret_files_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let layout = tmp.path().join("out");
+    build(&root().join("fixtures/faas-hello"), &layout, "dev", &npm);
+    let bundle = unpack(&layout, "dev", tmp.path());
+    let files = layer_paths(&bundle).join("\n");
+    for never in [".env", ".npmrc", "notes.log", "scratch"] {
+        assert!(!files.contains(never), "{never} shipped:\n{files}");
+    }
+    assert!(files.contains("functions/hello.js"));
+    let app = run(&bundle);
+    let (status, body) = http(&app, "GET", "/hello?name=kiln", None);
+    assert_eq!(status, 200);
+    assert!(body.contains("hello kiln"), "{body}");
+    let (status, body) = http(&app, "POST", "/echo", Some(r#"{"a":1}"#));
+    assert_eq!(status, 200);
+    assert!(body.contains(r#""a":1"#) && body.contains("POST"), "{body}");
+    let (status, body) = http(&app, "GET", "/fail", None);
+    assert_eq!(status, 500);
+    assert!(body.contains("boom"), "{body}");
+    assert_eq!(http(&app, "GET", "/nope", None).0, 404);
+}
+
+#[test]
+fn sma_image_serves_pages_rpc_and_browser_client() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let layout = tmp.path().join("out");
+    build(&root().join("fixtures/sma-deps"), &layout, "dev", &npm);
+    let app = run(&unpack(&layout, "dev", tmp.path()));
+    let (status, page) = http(&app, "GET", "/", None);
+    assert!(
+        status == 200 && page.contains("/kiln/client.js"),
+        "{status} {page}"
+    );
+    let (status, client) = http(&app, "GET", "/kiln/client.js", None);
+    assert!(status == 200 && client.contains("service"), "{client}");
+    let (status, list) = http(&app, "POST", "/rpc/list", Some("{}"));
+    assert!(status == 200 && list.starts_with('['), "{status} {list}");
+    assert_eq!(http(&app, "POST", "/rpc/nope", Some("{}")).0, 404);
+}
+
+#[test]
+fn express_app_installs_deps_from_lockfile_and_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let layout = tmp.path().join("out");
+    build(&root().join("fixtures/app-express"), &layout, "dev", &npm);
+    let bundle = unpack(&layout, "dev", tmp.path());
+    assert!(
+        bundle
+            .join("rootfs/app/node_modules/express/package.json")
+            .is_file()
+    );
+    let app = run(&bundle);
+    let (status, body) = http(&app, "GET", "/users/7", None);
+    assert_eq!((status, body.as_str()), (200, r#"{"id":"7"}"#));
+}
+
+#[test]
+fn vendored_node_modules_and_plain_app_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    for fixture in ["app-vendored", "app-plain"] {
+        let layout = tmp.path().join(fixture);
+        build(&root().join("fixtures").join(fixture), &layout, "dev", &npm);
+        let work = tmp.path().join(format!("{fixture}-run"));
+        let app = run(&unpack(&layout, "dev", &work));
+        let (status, body) = http(&app, "GET", "/", None);
+        assert_eq!(status, 200, "{fixture}: {body}");
+    }
+}
+
+#[test]
+fn same_source_elsewhere_with_other_mtimes_gives_same_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let first = build(
+        &root().join("fixtures/faas-deps"),
+        &tmp.path().join("a"),
+        "x",
+        &npm,
+    );
+    let copy = tmp.path().join("elsewhere/faas-deps");
+    std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
+    assert!(
+        Command::new("cp")
+            .arg("-r")
+            .arg(root().join("fixtures/faas-deps"))
+            .arg(&copy)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("touch")
+            .args(["-d", "2001-02-03"])
+            .arg(copy.join("functions/duration.js"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let second = build(&copy, &tmp.path().join("b"), "x", &npm);
+    assert_eq!(first, second);
+}
+
+#[test]
+fn runtime_layers_match_golden_digests() {
+    // A change here means every app's runtime layer changed: bump it on purpose only.
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let layout = tmp.path().join("out");
+    build(&root().join("fixtures/faas-hello"), &layout, "dev", &npm);
+    let images = validate_layout(&BlobStore::open(&layout).unwrap()).unwrap();
+    let layers = &images[0].manifest.layers;
+    let app = &layers[layers.len() - 1].digest;
+    let runtime = &layers[layers.len() - 2].digest;
+    let golden = std::fs::read_to_string(root().join("tests/golden-digests.txt")).unwrap();
+    assert!(
+        golden.contains(&format!("faas-runtime {runtime}")),
+        "faas runtime layer is now {runtime}"
+    );
+    assert!(
+        golden.contains(&format!("faas-hello-app {app}")),
+        "faas-hello app layer is now {app}"
+    );
+}
+
+#[test]
+fn archive_is_read_by_skopeo() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let tar = tmp.path().join("img.tar");
+    let out = kiln(
+        &[
+            "build",
+            root().join("fixtures/app-plain").to_str().unwrap(),
+            "--tarball",
+            tar.to_str().unwrap(),
+            "--tag",
+            "plain",
+        ],
+        &npm,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digest = String::from_utf8(out.stdout).unwrap();
+    let dest = tmp.path().join("copied");
+    let copy = Command::new("skopeo")
+        .arg("copy")
+        .arg(format!("oci-archive:{}:plain", tar.display()))
+        .arg(format!("oci:{}:plain", dest.display()))
+        .output()
+        .unwrap();
+    assert!(
+        copy.status.success(),
+        "{}",
+        String::from_utf8_lossy(&copy.stderr)
+    );
+    let images = validate_layout(&BlobStore::open(&dest).unwrap()).unwrap();
+    assert_eq!(images.len(), 1);
+    assert!(digest.starts_with("sha256:"));
+}
+
+#[test]
+fn bad_inputs_fail_with_a_clear_error_naming_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let bad = root().join("fixtures/bad");
+    let cases: [(&str, Vec<&str>, &str); 7] = [
+        (
+            "bad-package-json",
+            vec![],
+            "package.json: invalid package.json",
+        ),
+        (
+            "bad-lockfile",
+            vec![],
+            "package-lock.json: invalid lockfile",
+        ),
+        ("lock-out-of-sync", vec![], "lockfile out of sync"),
+        (
+            "symlink-escape",
+            vec![],
+            "leak.js points outside the source",
+        ),
+        ("npm-ci-fails", vec![], "npm ci for"),
+        ("missing-dir", vec![], "does not exist"),
+        (
+            "faas-hello",
+            vec!["--runtime", "lambda"],
+            "unknown runtime \"lambda\"",
+        ),
+    ];
+    for (fixture, extra, expected) in cases {
+        let dir = if fixture == "faas-hello" {
+            root().join("fixtures/faas-hello")
+        } else {
+            bad.join(fixture)
+        };
+        let layout = tmp.path().join(fixture);
+        let mut args = vec![
+            "build",
+            dir.to_str().unwrap(),
+            "--layout",
+            layout.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let out = kiln(&args, &npm);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{fixture} succeeded");
+        assert!(stderr.contains(expected), "{fixture}: {stderr}");
+        assert!(
+            !layout.join("index.json").exists(),
+            "{fixture} left a layout behind"
+        );
+    }
+}
