@@ -410,3 +410,64 @@ fn bad_inputs_fail_with_a_clear_error_naming_the_file() {
         );
     }
 }
+
+#[test]
+fn npm_token_and_source_npmrc_never_reach_a_layer() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let src = tmp.path().join("faas-deps");
+    assert!(
+        Command::new("cp")
+            .arg("-r")
+            .arg(root().join("fixtures/faas-deps"))
+            .arg(&src)
+            .status()
+            .unwrap()
+            .success()
+    );
+    std::fs::write(
+        src.join(".npmrc"),
+        "//registry.invalid/:_authToken=${NPM_TOKEN}\n",
+    )
+    .unwrap();
+    let layout = tmp.path().join("out");
+    let cache = tmp.path().join("cache");
+    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+        .args([
+            "build",
+            src.to_str().unwrap(),
+            "--layout",
+            layout.to_str().unwrap(),
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ])
+        .env("NPM_TOKEN", "tok-3f9a-secret")
+        .env("npm_config_cache", &npm)
+        .env("npm_config_offline", "true")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let store = BlobStore::open(&layout).unwrap();
+    let images = validate_layout(&store).unwrap();
+    for layer in &images[0].manifest.layers {
+        let mut tar = Vec::new();
+        let file = std::fs::File::open(store.blob_path(&layer.digest)).unwrap();
+        std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(file), &mut tar).unwrap();
+        let text = String::from_utf8_lossy(&tar);
+        assert!(
+            !text.contains("tok-3f9a-secret") && !text.contains("registry.invalid"),
+            "secret in layer {}",
+            layer.digest
+        );
+    }
+    let keys = Command::new("grep")
+        .args(["-r", "tok-3f9a-secret"])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(keys.stdout.is_empty(), "token in the cache");
+}
