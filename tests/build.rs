@@ -471,3 +471,49 @@ fn npm_token_and_source_npmrc_never_reach_a_layer() {
         .unwrap();
     assert!(keys.stdout.is_empty(), "token in the cache");
 }
+
+#[test]
+fn a_cache_left_by_a_crash_mid_write_still_builds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let cache = tmp.path().join("cache");
+    let src = root().join("fixtures/faas-deps");
+    let build_into = |layout: &Path| {
+        Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args([
+                "build",
+                src.to_str().unwrap(),
+                "--layout",
+                layout.to_str().unwrap(),
+                "--cache-dir",
+                cache.to_str().unwrap(),
+            ])
+            .env("npm_config_cache", &npm)
+            .env("npm_config_offline", "true")
+            .output()
+            .unwrap()
+    };
+    let first = build_into(&tmp.path().join("a"));
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    // What a kill -9 can leave: a partial temp blob, and a layer whose blob was cut short.
+    let blobs = cache.join("blobs/sha256");
+    std::fs::write(blobs.join(".tmp-partial"), b"half a layer").unwrap();
+    let images = validate_layout(&BlobStore::open(tmp.path().join("a")).unwrap()).unwrap();
+    let deps = &images[0].manifest.layers[images[0].manifest.layers.len() - 2];
+    let blob = blobs.join(deps.digest.hex());
+    let bytes = std::fs::read(&blob).unwrap();
+    std::fs::remove_file(&blob).unwrap();
+    std::fs::write(&blob, &bytes[..bytes.len() / 2]).unwrap();
+    let second = build_into(&tmp.path().join("b"));
+    assert!(
+        second.status.success(),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_eq!(first.stdout, second.stdout, "same image after recovery");
+    validate_layout(&BlobStore::open(tmp.path().join("b")).unwrap()).unwrap();
+}
