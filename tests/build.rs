@@ -14,14 +14,20 @@ fn root() -> PathBuf {
 /// A cache shared by the tests (the host base is built once), npm offline on the fixture cache.
 fn kiln(args: &[&str], npm_cache: &Path) -> Output {
     let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kiln-cache");
-    Command::new(env!("CARGO_BIN_EXE_kiln"))
+    kiln_cmd(&cache, npm_cache)
         .args(args)
-        .env("KILN_CACHE_DIR", cache)
-        .env("npm_config_cache", npm_cache)
-        .env("npm_config_offline", "true")
-        .env_remove("SOURCE_DATE_EPOCH")
         .output()
         .expect("run kiln")
+}
+
+/// `kiln` with its own cache directory and npm offline on `npm_cache`.
+fn kiln_cmd(cache: &Path, npm_cache: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.env("KILN_CACHE_DIR", cache)
+        .env("npm_config_cache", npm_cache)
+        .env("npm_config_offline", "true")
+        .env_remove("SOURCE_DATE_EPOCH");
+    cmd
 }
 
 /// A private copy of the vendored npm cache (npm writes into its cache).
@@ -432,18 +438,14 @@ fn npm_token_and_source_npmrc_never_reach_a_layer() {
     .unwrap();
     let layout = tmp.path().join("out");
     let cache = tmp.path().join("cache");
-    let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
+    let out = kiln_cmd(&cache, &npm)
         .args([
             "build",
             src.to_str().unwrap(),
             "--layout",
             layout.to_str().unwrap(),
-            "--cache-dir",
-            cache.to_str().unwrap(),
         ])
         .env("NPM_TOKEN", "tok-3f9a-secret")
-        .env("npm_config_cache", &npm)
-        .env("npm_config_offline", "true")
         .output()
         .unwrap();
     assert!(
@@ -479,17 +481,13 @@ fn a_cache_left_by_a_crash_mid_write_still_builds() {
     let cache = tmp.path().join("cache");
     let src = root().join("fixtures/faas-deps");
     let build_into = |layout: &Path| {
-        Command::new(env!("CARGO_BIN_EXE_kiln"))
+        kiln_cmd(&cache, &npm)
             .args([
                 "build",
                 src.to_str().unwrap(),
                 "--layout",
                 layout.to_str().unwrap(),
-                "--cache-dir",
-                cache.to_str().unwrap(),
             ])
-            .env("npm_config_cache", &npm)
-            .env("npm_config_offline", "true")
             .output()
             .unwrap()
     };
