@@ -102,23 +102,13 @@ fn run(cli: Cli) -> Result<()> {
         }) => {
             let cache_dir = cache_dir(common.cache_dir)?;
             let store = kiln_layers::BlobStore::open_or_create(&cache_dir)?;
-            let (_, desc, _) = kiln_builder::host_base::host_base(&store, node.as_deref())?;
-            let target = kiln_layers::BlobStore::open_or_create(&layout)?;
-            let manifest: kiln_layers::ImageManifest =
-                serde_json_from(&store.read_blob(&desc.digest)?)?;
-            for blob in manifest.layers.iter().chain([&manifest.config]) {
-                target.import_blob(&store, &blob.digest)?;
-            }
-            target.import_blob(&store, &desc.digest)?;
-            target.tag(&tag, &desc)?;
-            println!("{}", desc.digest);
+            let (name, desc, _) = kiln_builder::host_base::host_base(&store, node.as_deref())?;
+            let base = kiln_builder::image::Base::load(&store, &name, desc.clone())?;
+            output::write_layout(&Built::new(store, desc, &base.manifest), &layout, &tag)?;
+            println!("{}", base.descriptor.digest);
             Ok(())
         }
     }
-}
-
-fn serde_json_from<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T> {
-    Ok(serde_json::from_slice(bytes)?)
 }
 
 fn build(args: BuildArgs) -> Result<()> {

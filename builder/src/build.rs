@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use kiln_layers::oci::{History, MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST, to_canonical_json};
+use kiln_layers::ImageManifest;
+use kiln_layers::oci::History;
 use kiln_layers::source::ScanOptions;
 use kiln_layers::{
     BlobStore, CacheKey, Descriptor, Digest, Entry, Layer, LayerBuilder, LayerCache, SourceTree,
@@ -61,12 +62,24 @@ pub struct BuildRequest {
 pub struct Built {
     /// The image manifest.
     pub manifest: Descriptor,
-    /// The runtime it was built for.
-    pub runtime: String,
     /// Every blob of the image: layers, config, manifest.
     pub blobs: Vec<Digest>,
     /// The store holding them (the cache layout).
     pub store: BlobStore,
+}
+
+impl Built {
+    /// The image with manifest `manifest` (document `image`) whose blobs are in `store`.
+    pub fn new(store: BlobStore, manifest: Descriptor, image: &ImageManifest) -> Built {
+        let mut blobs: Vec<Digest> = image.layers.iter().map(|d| d.digest.clone()).collect();
+        blobs.push(image.config.digest.clone());
+        blobs.push(manifest.digest.clone());
+        Built {
+            manifest,
+            blobs,
+            store,
+        }
+    }
 }
 
 /// Builds the image `request` describes, reporting steps to `progress`.
@@ -167,7 +180,7 @@ pub fn build(request: &BuildRequest, progress: &dyn Progress) -> Result<Built> {
         (ANNOTATION_RUNTIME.to_owned(), runtime.name.clone()),
         (ANNOTATION_SOURCE.to_owned(), source_digest.to_string()),
     ]);
-    let manifest = write_image(
+    let (manifest, image) = write_image(
         &store,
         &base,
         &runtime,
@@ -176,24 +189,7 @@ pub fn build(request: &BuildRequest, progress: &dyn Progress) -> Result<Built> {
         request.source_date_epoch,
         annotations,
     )?;
-    let mut blobs: Vec<Digest> = base
-        .manifest
-        .layers
-        .iter()
-        .map(|d| d.digest.clone())
-        .collect();
-    blobs.extend(layers.iter().map(|(l, _)| l.descriptor.digest.clone()));
-    let image: kiln_layers::ImageManifest =
-        serde_json::from_slice(&store.read_blob(&manifest.digest)?)
-            .map_err(kiln_layers::Error::json("manifest"))?;
-    blobs.push(image.config.digest);
-    blobs.push(manifest.digest.clone());
-    Ok(Built {
-        manifest,
-        runtime: runtime.name,
-        blobs,
-        store,
-    })
+    Ok(Built::new(store, manifest, &image))
 }
 
 fn parse_env(env: &[String]) -> Result<Vec<(String, String)>> {
@@ -371,7 +367,7 @@ fn write_image(
     env: Vec<(String, String)>,
     epoch: u64,
     annotations: BTreeMap<String, String>,
-) -> Result<Descriptor> {
+) -> Result<(Descriptor, ImageManifest)> {
     let created = rfc3339(epoch);
     let mut config = base.config.clone();
     config.created = Some(created.clone());
@@ -415,15 +411,7 @@ fn write_image(
             ..History::default()
         });
     }
-    let config = store.write_blob(MEDIA_TYPE_CONFIG, &to_canonical_json(&config))?;
     let mut all_layers = base.manifest.layers.clone();
     all_layers.extend(layers.iter().map(|(l, _)| l.descriptor.clone()));
-    let manifest = kiln_layers::ImageManifest {
-        schema_version: 2,
-        media_type: Some(MEDIA_TYPE_MANIFEST.into()),
-        config,
-        layers: all_layers,
-        annotations,
-    };
-    Ok(store.write_blob(MEDIA_TYPE_MANIFEST, &to_canonical_json(&manifest))?)
+    Ok(store.write_image(&config, all_layers, annotations)?)
 }

@@ -7,12 +7,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use kiln_layers::oci::{
-    History, MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST, RootFs, RunConfig, to_canonical_json,
-};
-use kiln_layers::{
-    BlobStore, CacheKey, Descriptor, Entry, ImageConfig, ImageManifest, LayerBuilder,
-};
+use kiln_layers::oci::{History, RootFs, RunConfig};
+use kiln_layers::{BlobStore, CacheKey, Descriptor, Entry, ImageConfig, LayerBuilder};
 
 use crate::{BuildError, Result};
 
@@ -171,15 +167,8 @@ fn build(store: &BlobStore, node: &Path) -> Result<Descriptor> {
             ..History::default()
         }],
     };
-    let config = store.write_blob(MEDIA_TYPE_CONFIG, &to_canonical_json(&config))?;
-    let manifest = ImageManifest {
-        schema_version: 2,
-        media_type: Some(MEDIA_TYPE_MANIFEST.into()),
-        config,
-        layers: vec![layer.descriptor],
-        annotations: BTreeMap::new(),
-    };
-    Ok(store.write_blob(MEDIA_TYPE_MANIFEST, &to_canonical_json(&manifest))?)
+    let (manifest, _) = store.write_image(&config, vec![layer.descriptor], BTreeMap::new())?;
+    Ok(manifest)
 }
 
 fn add_host_file(

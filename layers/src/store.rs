@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 
 use tempfile::NamedTempFile;
 
-use crate::oci::{ANNOTATION_REF_NAME, ImageIndex, MEDIA_TYPE_INDEX, to_canonical_json};
+use crate::oci::{
+    ANNOTATION_REF_NAME, ImageIndex, MEDIA_TYPE_CONFIG, MEDIA_TYPE_INDEX, MEDIA_TYPE_MANIFEST,
+    to_canonical_json,
+};
 use crate::{Descriptor, Digest, Error, HashingWriter, Result};
 
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
@@ -83,6 +86,26 @@ impl BlobStore {
             w.commit()?;
         }
         Ok(Descriptor::new(media_type, digest, bytes.len() as u64))
+    }
+
+    /// Writes `config` and an OCI manifest over it and `layers` (bottom first); returns the
+    /// manifest's descriptor and document.
+    pub fn write_image(
+        &self,
+        config: &crate::ImageConfig,
+        layers: Vec<Descriptor>,
+        annotations: std::collections::BTreeMap<String, String>,
+    ) -> Result<(Descriptor, crate::ImageManifest)> {
+        let config = self.write_blob(MEDIA_TYPE_CONFIG, &to_canonical_json(config))?;
+        let manifest = crate::ImageManifest {
+            schema_version: 2,
+            media_type: Some(MEDIA_TYPE_MANIFEST.into()),
+            config,
+            layers,
+            annotations,
+        };
+        let desc = self.write_blob(MEDIA_TYPE_MANIFEST, &to_canonical_json(&manifest))?;
+        Ok((desc, manifest))
     }
 
     /// A writer for a new blob whose digest is computed as it is written.

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use kiln_layers::oci::{MEDIA_TYPE_CONFIG, MEDIA_TYPE_MANIFEST, RootFs, to_canonical_json};
+use kiln_layers::oci::RootFs;
 use kiln_layers::validate::validate_layout;
 use kiln_layers::{BlobStore, Entry, ImageConfig, ImageManifest, LayerBuilder};
 
@@ -23,18 +23,8 @@ fn image(dir: &std::path::Path, big: usize) -> (BlobStore, ImageManifest) {
         },
         ..ImageConfig::default()
     };
-    let config = store
-        .write_blob(MEDIA_TYPE_CONFIG, &to_canonical_json(&config))
-        .unwrap();
-    let manifest = ImageManifest {
-        schema_version: 2,
-        media_type: Some(MEDIA_TYPE_MANIFEST.into()),
-        config,
-        layers: vec![layer.descriptor],
-        annotations: BTreeMap::new(),
-    };
-    let desc = store
-        .write_blob(MEDIA_TYPE_MANIFEST, &to_canonical_json(&manifest))
+    let (desc, manifest) = store
+        .write_image(&config, vec![layer.descriptor], BTreeMap::new())
         .unwrap();
     store.tag("t", &desc).unwrap();
     (store, manifest)
