@@ -5,6 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use kiln_builder::pull::{host_platform, parse_platform, pull_image};
+use kiln_builder::push::{Pushed, push_image};
+use kiln_builder::registry::{Registry, RegistryOptions};
 use kiln_builder::{BaseSource, BuildRequest, Built, Step, output};
 
 #[derive(Parser)]
@@ -20,11 +23,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build an app directory into an OCI layout and/or an OCI archive; prints the digest.
+    /// Build an app directory into a registry, an OCI layout and/or an OCI archive; prints
+    /// the image digest.
     Build(BuildArgs),
     /// Base images.
     #[command(subcommand)]
     Base(BaseCommand),
+    /// Runtime bases: a base image plus a kiln runtime layer.
+    #[command(subcommand)]
+    Runtime(RuntimeCommand),
 }
 
 #[derive(clap::Args)]
@@ -34,9 +41,13 @@ struct BuildArgs {
     /// Runtime: faas, sma or app (detected when absent).
     #[arg(long)]
     runtime: Option<String>,
-    /// Base image as `oci:DIR:TAG` (a local OCI layout); default: made from the host's node.
+    /// Base image: a registry reference (`host[:port]/repo:tag`, OCI or Docker v2s2, image
+    /// or index) or `oci:DIR:TAG` (a local OCI layout); default: made from the host's node.
     #[arg(long)]
     base: Option<String>,
+    /// Push the image to this registry reference (`host[:port]/repo:tag`).
+    #[arg(long)]
+    image: Option<String>,
     /// Write the image into this OCI layout directory.
     #[arg(long)]
     layout: Option<PathBuf>,
@@ -50,7 +61,33 @@ struct BuildArgs {
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
     #[command(flatten)]
+    registry: RegistryArgs,
+    #[command(flatten)]
     common: Common,
+}
+
+#[derive(clap::Args)]
+struct RegistryArgs {
+    /// Registry (`host:port`) to speak plain HTTP to (repeatable, or comma-separated).
+    #[arg(
+        long = "insecure-registry",
+        value_name = "HOST:PORT",
+        env = "KILN_INSECURE_REGISTRIES",
+        value_delimiter = ','
+    )]
+    insecure: Vec<String>,
+    /// Platform to pick from a base image index, `os/arch[/variant]` [default: this machine's].
+    #[arg(long)]
+    platform: Option<String>,
+}
+
+impl RegistryArgs {
+    fn registry(&self) -> Registry {
+        Registry::new(RegistryOptions {
+            insecure: self.insecure.clone(),
+            ..RegistryOptions::default()
+        })
+    }
 }
 
 #[derive(clap::Args)]
@@ -72,16 +109,55 @@ enum BaseCommand {
         node: Option<PathBuf>,
         /// Write the base into this OCI layout directory.
         #[arg(long)]
-        layout: PathBuf,
+        layout: Option<PathBuf>,
         /// Reference name in the layout.
         #[arg(long, default_value = "node")]
         tag: String,
+        /// Push the base to this registry reference.
+        #[arg(long)]
+        to: Option<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+#[derive(Subcommand)]
+enum RuntimeCommand {
+    /// Make a runtime base (base + the runtime's layer, entrypoint and port) and push it.
+    Publish {
+        /// Runtime: faas, sma or app.
+        runtime: String,
+        /// The base image (as for `kiln build --base`) [default: made from the host's node].
+        #[arg(long)]
+        base: Option<String>,
+        /// Push the runtime base to this registry reference.
+        #[arg(long)]
+        to: Option<String>,
+        /// Write the runtime base into this OCI layout directory.
+        #[arg(long)]
+        layout: Option<PathBuf>,
+        /// Reference name in the layout.
+        #[arg(long)]
+        tag: Option<String>,
+        #[command(flatten)]
+        registry: RegistryArgs,
         #[command(flatten)]
         common: Common,
     },
 }
 
 fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
@@ -98,38 +174,124 @@ fn run(cli: Cli) -> Result<()> {
             node,
             layout,
             tag,
+            to,
+            registry,
             common,
         }) => {
+            if layout.is_none() && to.is_none() {
+                bail!("nothing to write: give --layout DIR and/or --to REF");
+            }
             let cache_dir = cache_dir(common.cache_dir)?;
             let store = kiln_layers::BlobStore::open_or_create(&cache_dir)?;
             let (name, desc, _) = kiln_builder::host_base::host_base(&store, node.as_deref())?;
             let base = kiln_builder::image::Base::load(&store, &name, desc.clone())?;
-            output::write_layout(&Built::new(store, desc, &base.manifest), &layout, &tag)?;
-            println!("{}", base.descriptor.digest);
-            Ok(())
+            let built = Built::new(store, desc, &base.manifest);
+            publish(&built, layout.as_deref(), &tag, to.as_deref(), &registry)
+        }
+        Command::Runtime(RuntimeCommand::Publish {
+            runtime,
+            base,
+            to,
+            layout,
+            tag,
+            registry,
+            common,
+        }) => {
+            if layout.is_none() && to.is_none() {
+                bail!("nothing to write: give --to REF and/or --layout DIR");
+            }
+            let cache_dir = cache_dir(common.cache_dir)?;
+            let base = base_source(base.as_deref(), &registry, &cache_dir)?;
+            let built = kiln_builder::build_runtime_base(
+                &runtime,
+                &base,
+                &cache_dir,
+                common.source_date_epoch,
+                &|step: Step| eprintln!("{step}"),
+            )?;
+            let tag = tag.unwrap_or_else(|| format!("runtime-{runtime}"));
+            publish(&built, layout.as_deref(), &tag, to.as_deref(), &registry)
         }
     }
 }
 
-fn build(args: BuildArgs) -> Result<()> {
-    if args.layout.is_none() && args.tarball.is_none() {
-        bail!("nothing to write: give --layout DIR and/or --tarball FILE");
+/// Writes `built` to a layout and/or pushes it, then prints its digest.
+fn publish(
+    built: &Built,
+    layout: Option<&std::path::Path>,
+    tag: &str,
+    to: Option<&str>,
+    registry: &RegistryArgs,
+) -> Result<()> {
+    if let Some(layout) = layout {
+        output::write_layout(built, layout, tag)
+            .with_context(|| format!("writing OCI layout {}", layout.display()))?;
+        eprintln!("wrote {}:{tag}", layout.display());
     }
-    let base = match args.base.as_deref() {
-        None => BaseSource::Host(None),
-        Some(reference) => {
-            let rest = reference.strip_prefix("oci:").with_context(|| {
-                format!("base {reference:?}: only oci:DIR:TAG (a local OCI layout) is supported")
-            })?;
-            let (path, tag) = rest
-                .split_once(':')
-                .with_context(|| format!("base {reference:?}: expected oci:DIR:TAG"))?;
-            BaseSource::Layout {
-                path: path.into(),
-                tag: tag.into(),
-            }
-        }
+    if let Some(target) = to {
+        push(built, target, registry)?;
+    }
+    println!("{}", built.manifest.digest);
+    Ok(())
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+fn push(built: &Built, target: &str, args: &RegistryArgs) -> Result<()> {
+    let registry = args.registry();
+    let pushed: Pushed = runtime()?.block_on(push_image(&registry, built, target))?;
+    eprintln!(
+        "pushed {}: {} blobs present, {} mounted, {} uploaded ({} bytes)",
+        pushed.reference, pushed.present, pushed.mounted, pushed.uploaded, pushed.uploaded_bytes
+    );
+    Ok(())
+}
+
+/// The base named on the command line; a registry base is pulled into the cache first.
+fn base_source(
+    base: Option<&str>,
+    args: &RegistryArgs,
+    cache_dir: &std::path::Path,
+) -> Result<BaseSource> {
+    let Some(reference) = base else {
+        return Ok(BaseSource::Host(None));
     };
+    if let Some(rest) = reference.strip_prefix("oci:") {
+        let (path, tag) = rest
+            .split_once(':')
+            .with_context(|| format!("base {reference:?}: expected oci:DIR:TAG"))?;
+        return Ok(BaseSource::Layout {
+            path: path.into(),
+            tag: tag.into(),
+        });
+    }
+    let platform = match &args.platform {
+        Some(p) => parse_platform(p)?,
+        None => host_platform(),
+    };
+    let store = kiln_layers::BlobStore::open_or_create(cache_dir)?;
+    let registry = args.registry();
+    let (name, manifest, cache_hit) =
+        runtime()?.block_on(pull_image(&registry, reference, &platform, &store))?;
+    Ok(BaseSource::Stored {
+        name,
+        manifest,
+        cache_hit,
+    })
+}
+
+fn build(args: BuildArgs) -> Result<()> {
+    if args.layout.is_none() && args.tarball.is_none() && args.image.is_none() {
+        bail!("nothing to write: give --image REF, --layout DIR and/or --tarball FILE");
+    }
+    let cache_dir = cache_dir(args.common.cache_dir)?;
+    let base = base_source(args.base.as_deref(), &args.registry, &cache_dir)?;
     let tag = match args.tag {
         Some(tag) => tag,
         None => {
@@ -145,22 +307,22 @@ fn build(args: BuildArgs) -> Result<()> {
         base,
         env: args.env,
         source_date_epoch: args.common.source_date_epoch,
-        cache_dir: cache_dir(args.common.cache_dir)?,
+        cache_dir,
     };
     let progress = |step: Step| eprintln!("{step}");
     let built: Built = kiln_builder::build(&request, &progress)?;
-    if let Some(layout) = &args.layout {
-        output::write_layout(&built, layout, &tag)
-            .with_context(|| format!("writing OCI layout {}", layout.display()))?;
-        eprintln!("wrote {}:{tag}", layout.display());
-    }
     if let Some(tarball) = &args.tarball {
         output::write_archive(&built, tarball, &tag)
             .with_context(|| format!("writing OCI archive {}", tarball.display()))?;
         eprintln!("wrote {}", tarball.display());
     }
-    println!("{}", built.manifest.digest);
-    Ok(())
+    publish(
+        &built,
+        args.layout.as_deref(),
+        &tag,
+        args.image.as_deref(),
+        &args.registry,
+    )
 }
 
 fn cache_dir(given: Option<PathBuf>) -> Result<PathBuf> {

@@ -26,11 +26,23 @@ pub const ANNOTATION_BASE_NAME: &str = "org.opencontainers.image.base.name";
 /// Manifest annotation: base image manifest digest.
 pub const ANNOTATION_BASE_DIGEST: &str = "org.opencontainers.image.base.digest";
 
+/// Config label of a runtime base (`kiln runtime publish`): the runtime whose layer it holds.
+pub const LABEL_RUNTIME: &str = "dev.kiln.runtime";
+
 /// Where the base image comes from.
 #[derive(Clone, Debug)]
 pub enum BaseSource {
     /// Made from the host's `node` (on `PATH` when `None`): the offline default.
     Host(Option<PathBuf>),
+    /// An image already in the cache store (pulled from a registry), by manifest.
+    Stored {
+        /// Its full reference, recorded as the base name.
+        name: String,
+        /// Its manifest in the cache store.
+        manifest: Descriptor,
+        /// Whether all of it was in the cache before (nothing pulled).
+        cache_hit: bool,
+    },
     /// An image in a local OCI layout, by reference name.
     Layout {
         /// The layout directory.
@@ -108,8 +120,31 @@ pub fn build(request: &BuildRequest, progress: &dyn Progress) -> Result<Built> {
     let base = resolve_base(&request.base, &store, progress)?;
 
     let mut layers: Vec<(Layer, String)> = Vec::new();
-    let runtime_layer = runtime_layer(&runtime, &cache, progress)?;
-    layers.push((runtime_layer, format!("kiln runtime {}", runtime.name)));
+    match base.label(LABEL_RUNTIME) {
+        None => {
+            let runtime_layer = runtime_layer(&runtime, &cache, progress)?;
+            layers.push((runtime_layer, format!("kiln runtime {}", runtime.name)));
+        }
+        Some(name) if name == runtime.name => {
+            if let Some(top) = base.manifest.layers.last() {
+                progress.step(Step::Layer {
+                    kind: "runtime",
+                    detail: format!("{name}, in the runtime base"),
+                    descriptor: top.clone(),
+                    cache_hit: true,
+                });
+            }
+        }
+        Some(other) => {
+            return Err(BuildError::Base {
+                reference: base.name.clone(),
+                problem: format!(
+                    "is the runtime base of {other}, but the app uses runtime {}",
+                    runtime.name
+                ),
+            });
+        }
+    }
 
     let epoch = request.source_date_epoch.to_string();
     let abi = base.label(LABEL_NODE_ABI).unwrap_or("unknown");
@@ -192,6 +227,51 @@ pub fn build(request: &BuildRequest, progress: &dyn Progress) -> Result<Built> {
     Ok(Built::new(store, manifest, &image))
 }
 
+/// Builds a runtime base: `base` plus the runtime's layer, its entrypoint, port and
+/// environment, labelled [`LABEL_RUNTIME`], so app builds on it add only deps and app layers.
+pub fn build_runtime_base(
+    runtime: &str,
+    base: &BaseSource,
+    cache_dir: &Path,
+    source_date_epoch: u64,
+    progress: &dyn Progress,
+) -> Result<Built> {
+    let runtime = Runtime::get(runtime)?;
+    let cache = LayerCache::open(cache_dir)?;
+    let store = cache.store().clone();
+    let mut base = resolve_base(base, &store, progress)?;
+    if let Some(other) = base.label(LABEL_RUNTIME) {
+        return Err(BuildError::Base {
+            reference: base.name.clone(),
+            problem: format!("is already the runtime base of {other}"),
+        });
+    }
+    let layer = runtime_layer(&runtime, &cache, progress)?;
+    base.config
+        .config
+        .labels
+        .get_or_insert_default()
+        .insert(LABEL_RUNTIME.into(), runtime.name.clone());
+    let annotations = BTreeMap::from([
+        (ANNOTATION_BASE_NAME.to_owned(), base.name.clone()),
+        (
+            ANNOTATION_BASE_DIGEST.to_owned(),
+            base.descriptor.digest.to_string(),
+        ),
+        (ANNOTATION_RUNTIME.to_owned(), runtime.name.clone()),
+    ]);
+    let (manifest, image) = write_image(
+        &store,
+        &base,
+        &runtime,
+        &[(layer, format!("kiln runtime {}", runtime.name))],
+        Vec::new(),
+        source_date_epoch,
+        annotations,
+    )?;
+    Ok(Built::new(store, manifest, &image))
+}
+
 fn parse_env(env: &[String]) -> Result<Vec<(String, String)>> {
     env.iter()
         .map(|kv| {
@@ -223,6 +303,11 @@ fn resolve_base(base: &BaseSource, store: &BlobStore, progress: &dyn Progress) -
             let (name, desc, hit) = host_base(store, node.as_deref())?;
             (Base::load(store, &name, desc)?, hit)
         }
+        BaseSource::Stored {
+            name,
+            manifest,
+            cache_hit,
+        } => (Base::load(store, name, manifest.clone())?, *cache_hit),
         BaseSource::Layout { path, tag } => {
             let reference = format!("oci:{}:{tag}", path.display());
             let bad = |problem: String| BuildError::Base {

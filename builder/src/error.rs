@@ -11,6 +11,9 @@ pub enum BuildError {
     /// From the layer engine (I/O, symlinks, ignore files, …).
     #[error(transparent)]
     Layers(#[from] kiln_layers::Error),
+    /// From a registry.
+    #[error(transparent)]
+    Registry(#[from] crate::registry::RegistryError),
     /// From the runtime catalog.
     #[error(transparent)]
     Runtime(#[from] kiln_runtimes::Error),

@@ -1,6 +1,8 @@
 //! Image documents: reading a base, assembling the app image's config and manifest.
 
-use kiln_layers::oci::{MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_MANIFEST};
+use kiln_layers::oci::{
+    MEDIA_TYPE_DOCKER_LAYER, MEDIA_TYPE_DOCKER_MANIFEST, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_MANIFEST,
+};
 use kiln_layers::{BlobStore, Descriptor, ImageConfig, ImageManifest};
 
 use crate::{BuildError, Result};
@@ -33,8 +35,24 @@ impl Base {
                 descriptor.media_type
             )));
         }
-        let manifest: ImageManifest = serde_json::from_slice(&store.read_blob(&descriptor.digest)?)
-            .map_err(|e| bad(format!("manifest: {e}")))?;
+        let mut manifest: ImageManifest =
+            serde_json::from_slice(&store.read_blob(&descriptor.digest)?)
+                .map_err(|e| bad(format!("manifest: {e}")))?;
+        // Docker v2s2 gzip layers are the same bytes as OCI gzip layers: name them the OCI way
+        // so the app's OCI manifest is uniform.
+        for layer in &mut manifest.layers {
+            if layer.media_type == MEDIA_TYPE_DOCKER_LAYER {
+                layer.media_type = MEDIA_TYPE_LAYER_GZIP.into();
+            } else if !layer
+                .media_type
+                .starts_with("application/vnd.oci.image.layer.v1.tar")
+            {
+                return Err(bad(format!(
+                    "layer {} has unsupported media type {}",
+                    layer.digest, layer.media_type
+                )));
+            }
+        }
         let config: ImageConfig =
             serde_json::from_slice(&store.read_blob(&manifest.config.digest)?)
                 .map_err(|e| bad(format!("config: {e}")))?;

@@ -1,5 +1,6 @@
 //! The kiln build pipeline: resolve the base, make the runtime, dependencies and app layers
-//! (each cached by key), write config and manifest, and publish to an OCI layout or archive.
+//! (each cached by key), write config and manifest, and publish to an OCI layout, an OCI
+//! archive or a registry.
 
 pub mod build;
 pub mod error;
@@ -8,7 +9,11 @@ pub mod image;
 pub mod npm;
 pub mod output;
 pub mod progress;
+pub mod pull;
+pub mod push;
+pub mod registry;
+pub mod seen;
 
-pub use build::{BaseSource, BuildRequest, Built, build};
+pub use build::{BaseSource, BuildRequest, Built, build, build_runtime_base};
 pub use error::{BuildError, Result};
 pub use progress::{Progress, Quiet, Step};

@@ -18,6 +18,11 @@ pub const MEDIA_TYPE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const MEDIA_TYPE_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 /// Docker v2 schema 2 manifest, read from bases.
 pub const MEDIA_TYPE_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// Docker v2 schema 2 manifest list, read from bases.
+pub const MEDIA_TYPE_DOCKER_MANIFEST_LIST: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
+/// Docker v2 schema 2 image config, read from bases.
+pub const MEDIA_TYPE_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 /// Docker gzip layer, read from bases.
 pub const MEDIA_TYPE_DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 /// Annotation naming a manifest in an OCI layout's `index.json`.
@@ -61,6 +66,9 @@ pub struct Platform {
     pub architecture: String,
     /// Operating system, e.g. `linux`.
     pub os: String,
+    /// CPU variant, e.g. `v8`.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub variant: Option<String>,
 }
 
 /// An image manifest: config plus layers, bottom first.

@@ -1,0 +1,246 @@
+//! Registry errors: the reference, what kiln was doing, and what the registry answered.
+
+use std::error::Error as _;
+use std::fmt;
+
+use oci_client::errors::OciDistributionError;
+
+/// A registry operation that failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{reference}: {action}: {answer}")]
+pub struct RegistryError {
+    /// The image reference (or registry) involved.
+    pub reference: String,
+    /// What kiln was doing (`pull manifest`, `upload blob sha256:…`, …).
+    pub action: String,
+    /// What went wrong: the registry's answer with its status and error code, or the
+    /// connection failure.
+    pub answer: Answer,
+}
+
+impl RegistryError {
+    /// True when trying again may succeed (5xx, 429, connection reset or refused, timeout).
+    pub fn is_retryable(&self) -> bool {
+        self.answer.retryable
+    }
+
+    /// The HTTP status the registry answered with, when there was one.
+    pub fn status(&self) -> Option<u16> {
+        self.answer.status
+    }
+
+    /// An error that did not come from a request (bad reference, bad document, …).
+    pub fn local(
+        reference: impl Into<String>,
+        action: impl Into<String>,
+        text: impl Into<String>,
+    ) -> Self {
+        RegistryError {
+            reference: reference.into(),
+            action: action.into(),
+            answer: Answer {
+                text: text.into(),
+                status: None,
+                retryable: false,
+            },
+        }
+    }
+}
+
+/// What the registry answered, as text safe to log (credentials are never part of it).
+#[derive(Clone, Debug)]
+pub struct Answer {
+    /// Human-readable description with status and error code.
+    pub text: String,
+    /// HTTP status, when known.
+    pub status: Option<u16>,
+    /// Whether a retry may help.
+    pub retryable: bool,
+}
+
+impl fmt::Display for Answer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+fn retryable_status(code: u16) -> bool {
+    code == 429 || code >= 500
+}
+
+fn trimmed(body: &str) -> String {
+    let body = body.trim();
+    if body.is_empty() {
+        return "(empty body)".into();
+    }
+    let mut cut: String = body.chars().take(300).collect();
+    if cut.len() < body.len() {
+        cut.push('…');
+    }
+    cut.replace('\n', " ")
+}
+
+fn status_text(code: u16) -> String {
+    let reason = reqwest::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("");
+    format!("HTTP {code} {reason}").trim_end().to_owned()
+}
+
+impl From<OciDistributionError> for Answer {
+    fn from(err: OciDistributionError) -> Answer {
+        use OciDistributionError as E;
+        let (text, status, retryable) = match err {
+            E::RegistryError { envelope, .. } => {
+                let codes: Vec<String> = envelope
+                    .errors
+                    .iter()
+                    .map(|e| {
+                        let code = serde_json::to_value(&e.code)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned))
+                            .unwrap_or_else(|| format!("{:?}", e.code));
+                        format!("{code}: {}", e.message)
+                    })
+                    .collect();
+                (
+                    format!("registry answered {}", codes.join("; ")),
+                    None,
+                    false,
+                )
+            }
+            E::ServerError { code, message, .. } => (
+                format!(
+                    "registry answered {}: {}",
+                    status_text(code),
+                    trimmed(&message)
+                ),
+                Some(code),
+                retryable_status(code),
+            ),
+            E::UnauthorizedError { .. } => (
+                "registry answered HTTP 401 Unauthorized (check the credentials for this registry)"
+                    .into(),
+                Some(401),
+                false,
+            ),
+            E::AuthenticationFailure(body) => (
+                format!("authentication failed: {}", trimmed(&body)),
+                Some(401),
+                false,
+            ),
+            E::RequestError(e) => return request_answer(&e),
+            E::IoError(e) => {
+                if let Some(re) = e.get_ref().and_then(|i| i.downcast_ref::<reqwest::Error>()) {
+                    return request_answer(re);
+                }
+                (format!("I/O error: {e}"), None, false)
+            }
+            E::SpecViolationError(s) => (
+                format!("registry answered outside the distribution spec: {s}"),
+                None,
+                false,
+            ),
+            E::DigestError(e) => (format!("content does not match: {e}"), None, false),
+            other => (
+                format!("registry answered something kiln cannot use: {other}"),
+                None,
+                false,
+            ),
+        };
+        Answer {
+            text,
+            status,
+            retryable,
+        }
+    }
+}
+
+/// Classifies a transport-level error.
+fn request_answer(e: &reqwest::Error) -> Answer {
+    if let Some(status) = e.status() {
+        let code = status.as_u16();
+        let auth_hint = if code == 401 || code == 403 {
+            " (check the credentials for this registry)"
+        } else {
+            ""
+        };
+        return Answer {
+            text: format!("registry answered {}{auth_hint}", status_text(code)),
+            status: Some(code),
+            retryable: retryable_status(code),
+        };
+    }
+    let mut causes = Vec::new();
+    let mut source = e.source();
+    while let Some(s) = source {
+        causes.push(s.to_string());
+        source = s.source();
+    }
+    let cause = causes.last().cloned().unwrap_or_else(|| e.to_string());
+    let unknown_host = causes.iter().any(|c| c.contains("dns error"));
+    let what = if unknown_host {
+        "unknown host"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else if e.is_timeout() {
+        "timed out"
+    } else {
+        "connection failed"
+    };
+    Answer {
+        text: format!("{what}: {cause}"),
+        status: None,
+        retryable: !unknown_host,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_errors_are_retryable_client_errors_are_not() {
+        let five = Answer::from(OciDistributionError::ServerError {
+            code: 503,
+            url: "http://r/v2/".into(),
+            message: "busy".into(),
+        });
+        assert!(five.retryable);
+        assert_eq!(
+            five.text,
+            "registry answered HTTP 503 Service Unavailable: busy"
+        );
+        let four = Answer::from(OciDistributionError::ServerError {
+            code: 404,
+            url: "http://r/v2/".into(),
+            message: String::new(),
+        });
+        assert!(!four.retryable);
+        assert_eq!(four.status, Some(404));
+        let many = Answer::from(OciDistributionError::ServerError {
+            code: 429,
+            url: "http://r/v2/".into(),
+            message: "slow down".into(),
+        });
+        assert!(many.retryable);
+    }
+
+    #[test]
+    fn registry_envelope_names_the_error_code() {
+        let envelope: oci_client::errors::OciEnvelope = serde_json::from_str(
+            r#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#,
+        )
+        .unwrap();
+        let answer = Answer::from(OciDistributionError::RegistryError {
+            envelope,
+            url: "http://r/v2/x/manifests/nope".into(),
+        });
+        assert_eq!(
+            answer.text,
+            "registry answered MANIFEST_UNKNOWN: manifest unknown"
+        );
+        assert!(!answer.retryable);
+    }
+}

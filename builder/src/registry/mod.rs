@@ -1,0 +1,265 @@
+//! An OCI registry client on oci-client's streaming pieces (HEAD, mount, streamed upload, raw
+//! manifests), with our own errors, credentials lookup and retries with backoff.
+//!
+//! One [`Registry`] holds one HTTP connection pool, shared by every registry host it talks to.
+
+mod auth;
+mod error;
+mod retry;
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::{StreamExt, TryStreamExt};
+use kiln_layers::{BlobStore, Descriptor};
+use oci_client::client::{ClientConfig, ClientProtocol};
+use oci_client::errors::OciDistributionError;
+use oci_client::secrets::RegistryAuth;
+use oci_client::{Client, Reference};
+
+pub use auth::{Credentials, ENV_PASSWORD, ENV_TOKEN, ENV_USER, credentials_for};
+pub use error::{Answer, RegistryError};
+pub use retry::RetryPolicy;
+
+/// Media types accepted when pulling a manifest.
+pub const ACCEPTED_MANIFESTS: &[&str] = &[
+    kiln_layers::oci::MEDIA_TYPE_MANIFEST,
+    kiln_layers::oci::MEDIA_TYPE_INDEX,
+    kiln_layers::oci::MEDIA_TYPE_DOCKER_MANIFEST,
+    kiln_layers::oci::MEDIA_TYPE_DOCKER_MANIFEST_LIST,
+];
+
+/// How to reach registries.
+#[derive(Clone, Debug, Default)]
+pub struct RegistryOptions {
+    /// Registries (`host:port`) spoken to over plain HTTP.
+    pub insecure: Vec<String>,
+    /// Retry policy for transient failures.
+    pub retry: RetryPolicy,
+}
+
+/// A registry client: credentials per registry host, retries, one connection pool.
+#[derive(Clone)]
+pub struct Registry {
+    client: Arc<Client>,
+    retry: RetryPolicy,
+    authed: Arc<Mutex<HashSet<String>>>,
+    secrets: Arc<Mutex<Vec<String>>>,
+}
+
+/// Parses an image reference (`host[:port]/repo[:tag][@digest]`), with a clear error.
+pub fn parse_reference(reference: &str) -> Result<Reference, RegistryError> {
+    reference.parse::<Reference>().map_err(|e| {
+        RegistryError::local(
+            reference,
+            "parse image reference",
+            format!("{e} (expected host[:port]/repository[:tag][@sha256:…])"),
+        )
+    })
+}
+
+impl Registry {
+    /// A client with `options`.
+    pub fn new(options: RegistryOptions) -> Registry {
+        let config = ClientConfig {
+            protocol: if options.insecure.is_empty() {
+                ClientProtocol::Https
+            } else {
+                ClientProtocol::HttpsExcept(options.insecure.clone())
+            },
+            use_monolithic_push: true,
+            connect_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(Duration::from_secs(120)),
+            ..ClientConfig::default()
+        };
+        Registry {
+            client: Arc::new(Client::new(config)),
+            retry: options.retry,
+            authed: Arc::default(),
+            secrets: Arc::default(),
+        }
+    }
+
+    /// Looks up credentials for the reference's registry once and hands them to the client.
+    async fn login(&self, image: &Reference) -> Result<(), RegistryError> {
+        let registry = image.resolve_registry().to_owned();
+        if self.authed.lock().expect("lock").contains(&registry) {
+            return Ok(());
+        }
+        let creds = credentials_for(&registry)?;
+        if let Some(secret) = creds.secret() {
+            self.secrets.lock().expect("lock").push(secret.to_owned());
+        }
+        tracing::debug!(registry, origin = creds.origin, "registry credentials");
+        self.client
+            .store_auth_if_needed(&registry, &creds.auth)
+            .await;
+        // Fetch a token (Bearer) or note Basic for pushes up front; failures show on the request.
+        if !matches!(creds.auth, RegistryAuth::Anonymous) {
+            let _ = self
+                .client
+                .auth(image, &creds.auth, oci_client::RegistryOperation::Push)
+                .await;
+        }
+        self.authed.lock().expect("lock").insert(registry);
+        Ok(())
+    }
+
+    /// Wraps an oci-client failure with the reference and action, secrets removed.
+    fn fail(&self, image: &Reference, action: &str, err: OciDistributionError) -> RegistryError {
+        let mut answer = Answer::from(err);
+        for secret in self.secrets.lock().expect("lock").iter() {
+            if !secret.is_empty() {
+                answer.text = answer.text.replace(secret.as_str(), "***");
+            }
+        }
+        RegistryError {
+            reference: image.whole(),
+            action: action.to_owned(),
+            answer,
+        }
+    }
+
+    /// Runs one registry call with login and retries.
+    async fn call<T, F, Fut>(
+        &self,
+        image: &Reference,
+        action: &str,
+        mut op: F,
+    ) -> Result<T, RegistryError>
+    where
+        F: FnMut(Arc<Client>) -> Fut,
+        Fut: Future<Output = Result<T, OciDistributionError>>,
+    {
+        self.login(image).await?;
+        self.retry
+            .run(|| {
+                let fut = op(self.client.clone());
+                async move { fut.await.map_err(|e| self.fail(image, action, e)) }
+            })
+            .await
+    }
+
+    /// Pulls a manifest or index: its exact bytes and its digest.
+    pub async fn manifest(&self, image: &Reference) -> Result<(Vec<u8>, String), RegistryError> {
+        self.call(image, "pull manifest", |c| {
+            let image = image.clone();
+            async move {
+                let (bytes, digest) = c
+                    .pull_manifest_raw(&image, &RegistryAuth::Anonymous, ACCEPTED_MANIFESTS)
+                    .await?;
+                Ok((bytes.to_vec(), digest))
+            }
+        })
+        .await
+    }
+
+    /// True when the blob is already in the reference's repository (HEAD).
+    pub async fn blob_exists(
+        &self,
+        image: &Reference,
+        digest: &str,
+    ) -> Result<bool, RegistryError> {
+        self.call(image, &format!("check blob {digest}"), |c| {
+            let image = image.clone();
+            let digest = digest.to_owned();
+            async move { c.blob_exists(&image, &digest).await }
+        })
+        .await
+    }
+
+    /// Asks the registry to mount the blob from repository `from` (same registry). Best
+    /// effort: false when the registry would not mount it.
+    pub async fn mount(&self, image: &Reference, from: &Reference, digest: &str) -> bool {
+        let result = self
+            .call(image, &format!("mount blob {digest}"), |c| {
+                let (image, from, digest) = (image.clone(), from.clone(), digest.to_owned());
+                async move { c.mount_blob(&image, &from, &digest).await }
+            })
+            .await;
+        if let Err(err) = &result {
+            tracing::debug!("mount from {} not done: {err}", from.repository());
+        }
+        result.is_ok()
+    }
+
+    /// Uploads the blob at `path` (digest and size known) in one streamed request.
+    pub async fn upload(
+        &self,
+        image: &Reference,
+        path: &Path,
+        digest: &str,
+        size: u64,
+    ) -> Result<(), RegistryError> {
+        self.call(image, &format!("upload blob {digest}"), |c| {
+            let (image, path, digest) = (image.clone(), path.to_owned(), digest.to_owned());
+            async move {
+                let file = tokio::fs::File::open(&path).await?;
+                let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024)
+                    .map_err(OciDistributionError::from);
+                c.push_blob_stream(&image, stream, &digest, Some(size))
+                    .await
+                    .map(drop)
+            }
+        })
+        .await
+    }
+
+    /// Streams the blob `descriptor` from the reference's repository into `store`, checking
+    /// its digest before it is renamed into place.
+    pub async fn download(
+        &self,
+        image: &Reference,
+        descriptor: &Descriptor,
+        store: &BlobStore,
+    ) -> Result<(), RegistryError> {
+        let action = format!("pull blob {}", descriptor.digest);
+        self.call(image, &action, |c| {
+            let image = image.clone();
+            let store = store.clone();
+            let expected = descriptor.digest.clone();
+            async move {
+                let mut out = store
+                    .blob_writer()
+                    .map_err(|e| OciDistributionError::IoError(std::io::Error::other(e)))?;
+                let mut stream = c.pull_blob_stream(&image, expected.as_str()).await?;
+                while let Some(chunk) = stream.next().await {
+                    std::io::Write::write_all(&mut out, &chunk?)?;
+                }
+                let (digest, _) = out
+                    .commit()
+                    .map_err(|e| OciDistributionError::IoError(std::io::Error::other(e)))?;
+                if digest != expected {
+                    return Err(OciDistributionError::SpecViolationError(format!(
+                        "blob {expected} arrived with digest {digest}"
+                    )));
+                }
+                Ok(())
+            }
+        })
+        .await
+    }
+
+    /// Pushes a manifest (exact bytes) under the reference's tag or digest; returns its URL.
+    pub async fn put_manifest(
+        &self,
+        image: &Reference,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<String, RegistryError> {
+        let content_type = reqwest::header::HeaderValue::from_str(media_type).map_err(|_| {
+            RegistryError::local(
+                image.whole(),
+                "push manifest",
+                format!("bad media type {media_type:?}"),
+            )
+        })?;
+        self.call(image, "push manifest", |c| {
+            let (image, body, content_type) = (image.clone(), bytes.to_vec(), content_type.clone());
+            async move { c.push_manifest_raw(&image, body, content_type).await }
+        })
+        .await
+    }
+}
