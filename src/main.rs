@@ -7,7 +7,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use kiln_builder::pull::{host_platform, parse_platform, pull_image};
 use kiln_builder::push::{Pushed, push_image};
-use kiln_builder::registry::{Registry, RegistryOptions};
+use kiln_builder::registry::{Registry, RegistryOptions, RetryPolicy};
 use kiln_builder::{BaseSource, BuildRequest, Built, Step, output};
 
 #[derive(Parser)]
@@ -79,13 +79,23 @@ struct RegistryArgs {
     /// Platform to pick from a base image index, `os/arch[/variant]` [default: this machine's].
     #[arg(long)]
     platform: Option<String>,
+    /// Attempts per registry request on transient failures (5xx, 429, dropped connections).
+    #[arg(long, env = "KILN_REGISTRY_RETRIES", default_value_t = 6)]
+    registry_retries: u32,
+    /// First retry delay in milliseconds; doubled each retry, with jitter.
+    #[arg(long, env = "KILN_REGISTRY_BACKOFF_MS", default_value_t = 200)]
+    registry_backoff_ms: u64,
 }
 
 impl RegistryArgs {
     fn registry(&self) -> Registry {
         Registry::new(RegistryOptions {
             insecure: self.insecure.clone(),
-            ..RegistryOptions::default()
+            retry: RetryPolicy {
+                attempts: self.registry_retries.max(1),
+                base_delay: std::time::Duration::from_millis(self.registry_backoff_ms),
+                ..RetryPolicy::default()
+            },
         })
     }
 }

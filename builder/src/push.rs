@@ -5,7 +5,6 @@ use futures_util::{StreamExt, TryStreamExt};
 use kiln_layers::{Descriptor, Digest, ImageManifest};
 use oci_client::Reference;
 
-use crate::build::ANNOTATION_BASE_NAME;
 use crate::registry::{Registry, RegistryError, parse_reference};
 use crate::{BuildError, Built, Result, seen};
 
@@ -53,25 +52,13 @@ pub async fn push_image(registry: &Registry, built: &Built, target: &str) -> Res
     let manifest: ImageManifest = serde_json::from_slice(&manifest_bytes)
         .map_err(kiln_layers::Error::json("image manifest"))?;
     let repository = format!("{}/{}", image.resolve_registry(), image.repository());
-    let base_repository = manifest
-        .annotations
-        .get(ANNOTATION_BASE_NAME)
-        .and_then(|name| parse_reference(name).ok())
-        .map(|r| format!("{}/{}", r.resolve_registry(), r.repository()));
 
     let mut blobs: Vec<&Descriptor> = vec![&manifest.config];
     blobs.extend(&manifest.layers);
     blobs.dedup_by(|a, b| a.digest == b.digest);
     let outcomes: Vec<BlobOutcome> = futures_util::stream::iter(blobs)
         .map(|blob| {
-            push_blob(
-                registry,
-                built,
-                &image,
-                &repository,
-                base_repository.as_deref(),
-                blob,
-            )
+            push_blob(registry, built, &image, &repository, blob)
         })
         .buffer_unordered(PARALLEL_PUSHES)
         .try_collect()
@@ -103,15 +90,13 @@ async fn push_blob(
     built: &Built,
     image: &Reference,
     repository: &str,
-    base_repository: Option<&str>,
     blob: &Descriptor,
 ) -> Result<BlobOutcome> {
     let store = &built.store;
     let digest = blob.digest.as_str();
     let outcome = if registry.blob_exists(image, digest).await? {
         BlobOutcome::Present
-    } else if mount_from_elsewhere(registry, built, image, repository, base_repository, blob).await
-    {
+    } else if mount_from_elsewhere(registry, built, image, repository, blob).await {
         BlobOutcome::Mounted
     } else {
         let path = store.blob_path(&blob.digest);
@@ -129,21 +114,17 @@ async fn push_blob(
     Ok(outcome)
 }
 
-/// Tries a mount from each other repository of the same registry the blob was seen in,
-/// the base's repository first.
+/// Tries a mount from each other repository of the same registry the blob was seen in (the
+/// base's repository for base layers: pulls record where blobs came from).
 async fn mount_from_elsewhere(
     registry: &Registry,
     built: &Built,
     image: &Reference,
     repository: &str,
-    base_repository: Option<&str>,
     blob: &Descriptor,
 ) -> bool {
     let host = image.resolve_registry();
-    let mut candidates: Vec<String> = base_repository.map(str::to_owned).into_iter().collect();
-    candidates.extend(seen::seen_in(&built.store, &blob.digest));
-    candidates.dedup();
-    for candidate in candidates {
+    for candidate in seen::seen_in(&built.store, &blob.digest) {
         let Some(path) = candidate
             .strip_prefix(host)
             .and_then(|p| p.strip_prefix('/'))

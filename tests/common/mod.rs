@@ -1,0 +1,248 @@
+//! Helpers shared by the end-to-end tests: running kiln, unpacking and running images, and
+//! the real servers (docker-registry) and a fault-injecting proxy on loopback.
+#![allow(dead_code)]
+
+pub mod proxy;
+pub mod registry;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use kiln_layers::{BlobStore, validate::validate_layout};
+
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A cache shared by the tests (the host base is built once), npm offline on the fixture cache.
+pub fn kiln(args: &[&str], npm_cache: &Path) -> Output {
+    let cache = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kiln-cache");
+    kiln_cmd(&cache, npm_cache)
+        .args(args)
+        .output()
+        .expect("run kiln")
+}
+
+/// `kiln` with its own cache directory and npm offline on `npm_cache`.
+pub fn kiln_cmd(cache: &Path, npm_cache: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    cmd.env("KILN_CACHE_DIR", cache)
+        .env("npm_config_cache", npm_cache)
+        .env("npm_config_offline", "true")
+        .env_remove("SOURCE_DATE_EPOCH");
+    cmd
+}
+
+/// A private copy of the vendored npm cache (npm writes into its cache).
+pub fn npm_cache(tmp: &Path) -> PathBuf {
+    let dest = tmp.join("npm-cache");
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(root().join("fixtures/npm-cache"))
+        .arg(&dest)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    dest
+}
+
+pub fn build(fixture: &Path, layout: &Path, tag: &str, npm: &Path) -> String {
+    let out = kiln(
+        &[
+            "build",
+            fixture.to_str().unwrap(),
+            "--layout",
+            layout.to_str().unwrap(),
+            "--tag",
+            tag,
+        ],
+        npm,
+    );
+    assert!(
+        out.status.success(),
+        "kiln build failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let digest = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(
+        digest.starts_with("sha256:") && digest.len() == 71,
+        "stdout {digest:?}"
+    );
+    validate_layout(&BlobStore::open(layout).unwrap()).expect("image validates");
+    digest
+}
+
+/// skopeo reads it, umoci unpacks it; returns the bundle directory.
+pub fn unpack(layout: &Path, tag: &str, tmp: &Path) -> PathBuf {
+    let inspect = Command::new("skopeo")
+        .arg("inspect")
+        .arg(format!("oci:{}:{tag}", layout.display()))
+        .output()
+        .unwrap();
+    assert!(
+        inspect.status.success(),
+        "skopeo: {}",
+        String::from_utf8_lossy(&inspect.stderr)
+    );
+    let bundle = tmp.join("bundle");
+    let unpack = Command::new("umoci")
+        .arg("unpack")
+        .arg("--image")
+        .arg(format!("{}:{tag}", layout.display()))
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(
+        unpack.status.success(),
+        "umoci: {}",
+        String::from_utf8_lossy(&unpack.stderr)
+    );
+    bundle
+}
+
+/// Runs the unpacked image like a runtime would (chroot, workdir, image user, image env).
+pub struct Running {
+    pub child: Child,
+    pub port: u16,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn run(bundle: &Path) -> Running {
+    let config: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
+    let process = &config["process"];
+    let (uid, gid) = (
+        process["user"]["uid"].as_u64().unwrap(),
+        process["user"]["gid"].as_u64().unwrap(),
+    );
+    assert_ne!(uid, 0, "image runs as root");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut cmd = Command::new("unshare");
+    cmd.arg(format!("--root={}", bundle.join("rootfs").display()))
+        .arg(format!("--wd={}", process["cwd"].as_str().unwrap()))
+        .arg(format!("--setuid={uid}"))
+        .arg(format!("--setgid={gid}"))
+        .arg("--")
+        .args(
+            process["args"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap()),
+        )
+        .env_clear()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for kv in process["env"].as_array().unwrap() {
+        let (k, v) = kv.as_str().unwrap().split_once('=').unwrap();
+        cmd.env(k, v);
+    }
+    cmd.env("PORT", port.to_string());
+    let running = Running {
+        child: cmd.spawn().unwrap(),
+        port,
+    };
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return running;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("image did not listen on $PORT");
+}
+
+/// `(status, body)` of an HTTP request to the running image.
+pub fn http(app: &Running, method: &str, path: &str, body: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "-sS",
+        "-m",
+        "5",
+        "-o",
+        "-",
+        "-w",
+        "\n%{http_code}",
+        "-X",
+        method,
+    ])
+    .arg(format!("http://127.0.0.1:{}{path}", app.port));
+    if let Some(b) = body {
+        cmd.args(["-H", "content-type: application/json", "--data", b]);
+    }
+    let out = String::from_utf8(cmd.output().unwrap().stdout).unwrap();
+    let (body, status) = out.rsplit_once('\n').unwrap();
+    (status.parse().unwrap(), body.to_owned())
+}
+
+pub fn layer_paths(bundle: &Path) -> Vec<String> {
+    let out = Command::new("find")
+        .arg(bundle.join("rootfs/app"))
+        .output()
+        .unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Copies `reference` from a plain-HTTP registry into an OCI layout with skopeo (a client
+/// nobody here wrote), unpacks it with umoci and returns the bundle directory.
+pub fn pull_and_unpack(reference: &str, creds: Option<&str>, tmp: &Path) -> PathBuf {
+    std::fs::create_dir_all(tmp).unwrap();
+    let layout = tmp.join("pulled");
+    let mut cmd = Command::new("skopeo");
+    cmd.args(["copy", "--src-tls-verify=false"]);
+    if let Some(creds) = creds {
+        cmd.arg(format!("--src-creds={creds}"));
+    }
+    let out = cmd
+        .arg(format!("docker://{reference}"))
+        .arg(format!("oci:{}:pulled", layout.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo copy {reference}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    validate_layout(&BlobStore::open(&layout).unwrap()).expect("pulled image validates");
+    unpack(&layout, "pulled", tmp)
+}
+
+/// `skopeo inspect` of a reference in a plain-HTTP registry, as JSON.
+pub fn skopeo_inspect(reference: &str, raw: bool) -> serde_json::Value {
+    let mut cmd = Command::new("skopeo");
+    cmd.args(["inspect", "--tls-verify=false"]);
+    if raw {
+        cmd.arg("--raw");
+    }
+    let out = cmd.arg(format!("docker://{reference}")).output().unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo inspect {reference}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -1,0 +1,125 @@
+//! A real registry for tests: Debian's `docker-registry` (distribution) on a free loopback
+//! port with its own storage, optionally behind htpasswd Basic auth; killed on drop.
+
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// A running docker-registry.
+pub struct TestRegistry {
+    child: Option<Child>,
+    /// `127.0.0.1:PORT`.
+    pub addr: String,
+    dir: TempDir,
+}
+
+impl TestRegistry {
+    /// A registry without auth.
+    pub fn start() -> TestRegistry {
+        Self::launch(None)
+    }
+
+    /// A registry that wants Basic auth for `user` / `password`.
+    pub fn start_with_auth(user: &str, password: &str) -> TestRegistry {
+        Self::launch(Some((user, password)))
+    }
+
+    fn launch(auth: Option<(&str, &str)>) -> TestRegistry {
+        let dir = tempfile::tempdir().unwrap();
+        let port = super::free_port();
+        let addr = format!("127.0.0.1:{port}");
+        let auth_section = match auth {
+            None => String::new(),
+            Some((user, password)) => {
+                let out = Command::new("htpasswd")
+                    .args(["-Bbn", user, password])
+                    .output()
+                    .expect("htpasswd (apache2-utils) is installed");
+                assert!(out.status.success());
+                let file = dir.path().join("htpasswd");
+                std::fs::write(&file, out.stdout).unwrap();
+                format!(
+                    "auth:\n  htpasswd:\n    realm: kiln-test\n    path: {}\n",
+                    file.display()
+                )
+            }
+        };
+        let config = format!(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+             http:\n  addr: {addr}\n{auth_section}",
+            dir.path().join("data").display()
+        );
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let mut registry = TestRegistry {
+            child: None,
+            addr,
+            dir,
+        };
+        registry.up();
+        registry
+    }
+
+    /// The access and error log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("registry.log")
+    }
+
+    /// Requests in `log` (a slice of [`TestRegistry::log`]) with `method` whose path contains
+    /// `path_part` and whose status is `status` (any when `None`).
+    pub fn requests(log: &str, method: &str, path_part: &str, status: Option<u16>) -> usize {
+        log.lines()
+            .filter(|l| l.contains(&format!("\"{method} ")) && l.contains(path_part))
+            .filter(|l| {
+                status.is_none_or(|s| {
+                    l.split('"')
+                        .nth(2)
+                        .is_some_and(|after| after.trim_start().starts_with(&s.to_string()))
+                })
+            })
+            .count()
+    }
+
+    /// Stops the registry (storage stays).
+    pub fn down(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it (again) on the same port and storage and waits until it answers.
+    pub fn up(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(self.dir.path().join("config.yml"))
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("docker-registry is installed");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&self.addr).is_err() {
+            assert!(Instant::now() < deadline, "registry did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        self.down();
+    }
+}

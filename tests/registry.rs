@@ -1,0 +1,387 @@
+//! End-to-end tests of kiln against a real registry (Debian's docker-registry on loopback):
+//! push, pull back with skopeo, unpack with umoci, run and call over HTTP; uploads counted
+//! in the registry's access log; auth, faults and bad input.
+
+mod common;
+
+use std::path::Path;
+use std::process::Output;
+
+use common::proxy::Proxy;
+use common::registry::TestRegistry;
+use common::*;
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn ok(out: Output, what: &str) -> String {
+    assert!(out.status.success(), "{what} failed:\n{}", stderr(&out));
+    let digest = stdout(&out);
+    assert!(digest.starts_with("sha256:"), "{what}: stdout {digest:?}");
+    digest
+}
+
+/// Pushes the host base to `<addr>/base/node:20` and returns that reference.
+fn push_host_base(addr: &str, npm: &Path) -> String {
+    let base = format!("{addr}/base/node:20");
+    ok(
+        kiln(
+            &[
+                "base",
+                "from-host",
+                "--to",
+                &base,
+                "--insecure-registry",
+                addr,
+            ],
+            npm,
+        ),
+        "base from-host --to",
+    );
+    base
+}
+
+/// `kiln build <fixture> --base <base> --image <image> --insecure-registry <addr>`.
+fn build_push(fixture: &str, base: &str, image: &str, addr: &str, npm: &Path) -> Output {
+    let dir = root().join("fixtures").join(fixture);
+    kiln(
+        &[
+            "build",
+            dir.to_str().unwrap(),
+            "--base",
+            base,
+            "--image",
+            image,
+            "--insecure-registry",
+            addr,
+        ],
+        npm,
+    )
+}
+
+#[test]
+fn pushed_images_of_each_runtime_pull_back_and_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let reg = TestRegistry::start();
+    let base = push_host_base(&reg.addr, &npm);
+
+    let image = format!("{}/apps/faas-hello:v1", reg.addr);
+    let digest = ok(
+        build_push("faas-hello", &base, &image, &reg.addr, &npm),
+        "faas build",
+    );
+    let inspect = skopeo_inspect(&image, false);
+    assert_eq!(inspect["Digest"], digest.as_str());
+    let raw = skopeo_inspect(&image, true);
+    assert_eq!(raw["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(
+        raw["annotations"]["org.opencontainers.image.base.name"],
+        base.as_str()
+    );
+    let app = run(&pull_and_unpack(&image, None, &tmp.path().join("faas")));
+    let (status, body) = http(&app, "GET", "/hello?name=kiln", None);
+    assert_eq!(status, 200);
+    assert!(body.contains("hello kiln"), "{body}");
+    drop(app);
+
+    let image = format!("{}/apps/sma-deps:v1", reg.addr);
+    ok(
+        build_push("sma-deps", &base, &image, &reg.addr, &npm),
+        "sma build",
+    );
+    let app = run(&pull_and_unpack(&image, None, &tmp.path().join("sma")));
+    let (status, list) = http(&app, "POST", "/rpc/list", Some("{}"));
+    assert!(status == 200 && list.starts_with('['), "{status} {list}");
+    drop(app);
+
+    let image = format!("{}/apps/express:v1", reg.addr);
+    ok(
+        build_push("app-express", &base, &image, &reg.addr, &npm),
+        "app build",
+    );
+    let app = run(&pull_and_unpack(&image, None, &tmp.path().join("app")));
+    let (status, body) = http(&app, "GET", "/users/7", None);
+    assert_eq!((status, body.as_str()), (200, r#"{"id":"7"}"#));
+}
+
+#[test]
+fn second_push_uploads_no_layer_and_other_repositories_mount() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let reg = TestRegistry::start();
+    let base = push_host_base(&reg.addr, &npm);
+
+    let before = reg.log().len();
+    let first = format!("{}/team-a/hello:v1", reg.addr);
+    let out = build_push("faas-hello", &base, &first, &reg.addr, &npm);
+    ok(out, "first push");
+    let log = reg.log()[before..].to_owned();
+    // The base layer came by mount from base/node (the pull recorded where it was).
+    assert!(
+        TestRegistry::requests(&log, "POST", "mount=", Some(201)) >= 1,
+        "no mount from the base repository:\n{log}"
+    );
+    let uploads = TestRegistry::requests(&log, "PUT", "/blobs/uploads/", Some(201));
+    assert!(uploads >= 2, "runtime and app layers upload once:\n{log}");
+
+    // The same app again, new tag: every blob is already there; nothing is uploaded.
+    let before = reg.log().len();
+    let again = format!("{}/team-a/hello:v2", reg.addr);
+    let out = build_push("faas-hello", &base, &again, &reg.addr, &npm);
+    assert!(
+        stderr(&out).contains("0 uploaded (0 bytes)"),
+        "{}",
+        stderr(&out)
+    );
+    ok(out, "second push");
+    let log = reg.log()[before..].to_owned();
+    assert_eq!(
+        TestRegistry::requests(&log, "PUT", "/blobs/uploads/", None),
+        0,
+        "second push uploaded a blob:\n{log}"
+    );
+    assert_eq!(TestRegistry::requests(&log, "POST", "/blobs/uploads/", None), 0);
+    assert_eq!(TestRegistry::requests(&log, "PUT", "/manifests/v2", Some(201)), 1);
+
+    // Another repository: every blob is mounted from where it was seen, none uploaded.
+    let before = reg.log().len();
+    let other = format!("{}/team-b/hello:v1", reg.addr);
+    let out = build_push("faas-hello", &base, &other, &reg.addr, &npm);
+    let err = stderr(&out);
+    ok(out, "push to another repository");
+    let log = reg.log()[before..].to_owned();
+    assert_eq!(
+        TestRegistry::requests(&log, "PUT", "/blobs/uploads/", None),
+        0,
+        "cross-repository push uploaded a blob:\n{log}"
+    );
+    assert!(err.contains("4 mounted, 0 uploaded"), "{err}");
+    assert_eq!(
+        skopeo_inspect(&other, false)["Digest"],
+        skopeo_inspect(&first, false)["Digest"]
+    );
+}
+
+#[test]
+fn runtime_base_is_published_and_apps_build_on_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let reg = TestRegistry::start();
+    let base = push_host_base(&reg.addr, &npm);
+    let runtime_base = format!("{}/kiln/runtime-faas:20", reg.addr);
+    ok(
+        kiln(
+            &[
+                "runtime",
+                "publish",
+                "faas",
+                "--base",
+                &base,
+                "--to",
+                &runtime_base,
+                "--insecure-registry",
+                &reg.addr,
+            ],
+            &npm,
+        ),
+        "runtime publish",
+    );
+    let published = skopeo_inspect(&runtime_base, false);
+    assert_eq!(published["Labels"]["dev.kiln.runtime"], "faas");
+    let base_layers = skopeo_inspect(&base, false)["Layers"]
+        .as_array()
+        .unwrap()
+        .len();
+    assert_eq!(
+        published["Layers"].as_array().unwrap().len(),
+        base_layers + 1
+    );
+
+    let image = format!("{}/apps/on-runtime:v1", reg.addr);
+    ok(
+        build_push("faas-hello", &runtime_base, &image, &reg.addr, &npm),
+        "build on runtime base",
+    );
+    let layers = skopeo_inspect(&image, false)["Layers"].clone();
+    assert_eq!(
+        layers.as_array().unwrap().len(),
+        base_layers + 2,
+        "runtime layer added twice? {layers}"
+    );
+    let app = run(&pull_and_unpack(&image, None, tmp.path()));
+    let (status, body) = http(&app, "GET", "/hello?name=rt", None);
+    assert!(status == 200 && body.contains("hello rt"), "{status} {body}");
+
+    // An sma app cannot sit on the faas runtime base.
+    let out = build_push(
+        "sma-todo",
+        &runtime_base,
+        &format!("{}/apps/wrong:v1", reg.addr),
+        &reg.addr,
+        &npm,
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("runtime-faas:20") && err.contains("runtime base of faas") && err.contains("sma"),
+        "{err}"
+    );
+}
+
+#[test]
+fn basic_auth_from_env_and_docker_config_and_clear_failures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let password = "s3cret-Pa55word";
+    let reg = TestRegistry::start_with_auth("builder", password);
+    let image = format!("{}/apps/private:v1", reg.addr);
+    let cache = std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kiln-cache");
+    let fixture = root().join("fixtures/faas-hello");
+    let push = |configure: &dyn Fn(&mut std::process::Command)| {
+        let mut cmd = kiln_cmd(&cache, &npm);
+        cmd.args(["build", fixture.to_str().unwrap(), "--image", &image])
+            .args(["--insecure-registry", &reg.addr])
+            .env("DOCKER_CONFIG", tmp.path().join("no-docker-config"))
+            .env_remove("KILN_REGISTRY_USER")
+            .env_remove("KILN_REGISTRY_PASSWORD");
+        configure(&mut cmd);
+        cmd.output().unwrap()
+    };
+
+    // Anonymous: refused, and the error says so.
+    let out = push(&|_| {});
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&image) && err.contains("401"),
+        "anonymous push: {err}"
+    );
+
+    // Wrong password: refused, the password is not in the message.
+    let out = push(&|c| {
+        c.env("KILN_REGISTRY_USER", "builder")
+            .env("KILN_REGISTRY_PASSWORD", "wrong-Pa55");
+    });
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("401") && err.contains(&reg.addr), "{err}");
+    assert!(!err.contains("wrong-Pa55"), "password leaked: {err}");
+
+    // Right password from the environment.
+    let out = push(&|c| {
+        c.env("KILN_REGISTRY_USER", "builder")
+            .env("KILN_REGISTRY_PASSWORD", password);
+    });
+    let err = stderr(&out);
+    let digest = ok(out, "push with env credentials");
+    assert!(!err.contains(password), "password leaked: {err}");
+
+    // Right password from a docker config.json `auths` entry.
+    let docker = tmp.path().join("docker");
+    std::fs::create_dir_all(&docker).unwrap();
+    let auth = base64(&format!("builder:{password}"));
+    std::fs::write(
+        docker.join("config.json"),
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.addr),
+    )
+    .unwrap();
+    let out = push(&|c| {
+        c.env("DOCKER_CONFIG", &docker);
+    });
+    let err = stderr(&out);
+    assert_eq!(ok(out, "push with docker config"), digest);
+    assert!(!err.contains(password));
+
+    // skopeo with the same credentials reads it back and the image runs.
+    let bundle = pull_and_unpack(&image, Some(&format!("builder:{password}")), tmp.path());
+    let app = run(&bundle);
+    assert_eq!(http(&app, "GET", "/hello", None).0, 200);
+    // No layer carries the password.
+    let found = std::process::Command::new("grep")
+        .args(["-rl", password])
+        .arg(&bundle)
+        .output()
+        .unwrap();
+    assert!(found.stdout.is_empty(), "password in the image");
+}
+
+fn base64(text: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let bytes = text.as_bytes();
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn push_survives_dropped_connections_and_a_registry_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let mut reg = TestRegistry::start();
+    let proxy = Proxy::start(&reg.addr);
+    let base = push_host_base(&proxy.addr, &npm);
+
+    // The next connections are cut mid-request: kiln retries and the push completes.
+    proxy.drop_next(3);
+    let image = format!("{}/apps/flaky:v1", proxy.addr);
+    let mut cmd = kiln_cmd(
+        &std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kiln-cache"),
+        &npm,
+    );
+    let fixture = root().join("fixtures/faas-deps");
+    let out = cmd
+        .args(["build", fixture.to_str().unwrap(), "--base", &base])
+        .args(["--image", &image, "--insecure-registry", &proxy.addr])
+        .env("KILN_REGISTRY_BACKOFF_MS", "20")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    let digest = ok(out, "push through a flaky proxy");
+    assert_eq!(proxy.dropped(), 3);
+    assert!(err.contains("retrying"), "{err}");
+    assert_eq!(skopeo_inspect(&image, false)["Digest"], digest.as_str());
+
+    // The registry is down when the push starts and comes back a moment later.
+    reg.down();
+    let image = format!("{}/apps/restarted:v1", proxy.addr);
+    let mut cmd = kiln_cmd(
+        &std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kiln-cache"),
+        &npm,
+    );
+    let fixture = root().join("fixtures/faas-hello");
+    let child = cmd
+        .args(["build", fixture.to_str().unwrap(), "--base", &base])
+        .args(["--image", &image, "--insecure-registry", &proxy.addr])
+        .env("KILN_REGISTRY_BACKOFF_MS", "100")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    reg.up();
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    let digest = ok(out, "push across a registry restart");
+    assert!(err.contains("retrying"), "{err}");
+    assert_eq!(skopeo_inspect(&image, false)["Digest"], digest.as_str());
+    let app = run(&pull_and_unpack(&image, None, tmp.path()));
+    assert_eq!(http(&app, "GET", "/hello", None).0, 200);
+}
