@@ -162,6 +162,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
@@ -299,6 +300,9 @@ fn base_source(
 fn build(args: BuildArgs) -> Result<()> {
     if args.layout.is_none() && args.tarball.is_none() && args.image.is_none() {
         bail!("nothing to write: give --image REF, --layout DIR and/or --tarball FILE");
+    }
+    if let Some(image) = &args.image {
+        kiln_builder::registry::parse_reference(image)?;
     }
     let cache_dir = cache_dir(args.common.cache_dir)?;
     let base = base_source(args.base.as_deref(), &args.registry, &cache_dir)?;

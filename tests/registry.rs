@@ -79,7 +79,10 @@ fn pushed_images_of_each_runtime_pull_back_and_run() {
     let inspect = skopeo_inspect(&image, false);
     assert_eq!(inspect["Digest"], digest.as_str());
     let raw = skopeo_inspect(&image, true);
-    assert_eq!(raw["mediaType"], "application/vnd.oci.image.manifest.v1+json");
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
     assert_eq!(
         raw["annotations"]["org.opencontainers.image.base.name"],
         base.as_str()
@@ -146,8 +149,14 @@ fn second_push_uploads_no_layer_and_other_repositories_mount() {
         0,
         "second push uploaded a blob:\n{log}"
     );
-    assert_eq!(TestRegistry::requests(&log, "POST", "/blobs/uploads/", None), 0);
-    assert_eq!(TestRegistry::requests(&log, "PUT", "/manifests/v2", Some(201)), 1);
+    assert_eq!(
+        TestRegistry::requests(&log, "POST", "/blobs/uploads/", None),
+        0
+    );
+    assert_eq!(
+        TestRegistry::requests(&log, "PUT", "/manifests/v2", Some(201)),
+        1
+    );
 
     // Another repository: every blob is mounted from where it was seen, none uploaded.
     let before = reg.log().len();
@@ -216,7 +225,10 @@ fn runtime_base_is_published_and_apps_build_on_it() {
     );
     let app = run(&pull_and_unpack(&image, None, tmp.path()));
     let (status, body) = http(&app, "GET", "/hello?name=rt", None);
-    assert!(status == 200 && body.contains("hello rt"), "{status} {body}");
+    assert!(
+        status == 200 && body.contains("hello rt"),
+        "{status} {body}"
+    );
 
     // An sma app cannot sit on the faas runtime base.
     let out = build_push(
@@ -229,7 +241,9 @@ fn runtime_base_is_published_and_apps_build_on_it() {
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
-        err.contains("runtime-faas:20") && err.contains("runtime base of faas") && err.contains("sma"),
+        err.contains("runtime-faas:20")
+            && err.contains("runtime base of faas")
+            && err.contains("sma"),
         "{err}"
     );
 }
@@ -384,4 +398,246 @@ fn push_survives_dropped_connections_and_a_registry_restart() {
     assert_eq!(skopeo_inspect(&image, false)["Digest"], digest.as_str());
     let app = run(&pull_and_unpack(&image, None, tmp.path()));
     assert_eq!(http(&app, "GET", "/hello", None).0, 200);
+}
+
+/// Runs `curl` with `args`; returns stdout.
+fn curl(args: &[&str]) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-f"])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "curl {args:?}: {}", stderr(&out));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn docker_v2s2_and_oci_index_bases_work_and_platforms_are_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let reg = TestRegistry::start();
+    let layout = tmp.path().join("base");
+    ok(
+        kiln(
+            &["base", "from-host", "--layout", layout.to_str().unwrap()],
+            &npm,
+        ),
+        "base from-host --layout",
+    );
+    let copy = |format: &str, dest: &str| {
+        let out = std::process::Command::new("skopeo")
+            .args(["copy", "--dest-tls-verify=false", "--format", format])
+            .arg(format!("oci:{}:node", layout.display()))
+            .arg(format!("docker://{dest}"))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "skopeo copy: {}", stderr(&out));
+    };
+
+    // A Docker v2 schema 2 base.
+    let docker_base = format!("{}/base/docker:20", reg.addr);
+    copy("v2s2", &docker_base);
+    assert_eq!(
+        skopeo_inspect(&docker_base, true)["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    let image = format!("{}/apps/on-docker:v1", reg.addr);
+    ok(
+        build_push("faas-hello", &docker_base, &image, &reg.addr, &npm),
+        "build on a v2s2 base",
+    );
+    let raw = skopeo_inspect(&image, true);
+    assert_eq!(
+        raw["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    for layer in raw["layers"].as_array().unwrap() {
+        assert_eq!(
+            layer["mediaType"], "application/vnd.oci.image.layer.v1.tar+gzip",
+            "{raw}"
+        );
+    }
+    let app = run(&pull_and_unpack(&image, None, &tmp.path().join("docker")));
+    assert_eq!(http(&app, "GET", "/hello", None).0, 200);
+    drop(app);
+
+    // An OCI index with an arm64 and an amd64 entry (both point at the amd64 manifest).
+    let single = format!("{}/base/multi:single", reg.addr);
+    copy("oci", &single);
+    let manifest = curl(&[
+        "-H",
+        "Accept: application/vnd.oci.image.manifest.v1+json",
+        &format!("http://{}/v2/base/multi/manifests/single", reg.addr),
+    ]);
+    let digest = skopeo_inspect(&single, false)["Digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let entry = |arch: &str| {
+        format!(
+            r#"{{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"{digest}","size":{},"platform":{{"architecture":"{arch}","os":"linux"}}}}"#,
+            manifest.len()
+        )
+    };
+    let put_index = |tag: &str, entries: &[String]| {
+        let index = format!(
+            r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[{}]}}"#,
+            entries.join(",")
+        );
+        curl(&[
+            "-X",
+            "PUT",
+            "-H",
+            "Content-Type: application/vnd.oci.image.index.v1+json",
+            "--data-binary",
+            &index,
+            &format!("http://{}/v2/base/multi/manifests/{tag}", reg.addr),
+        ]);
+        format!("{}/base/multi:{tag}", reg.addr)
+    };
+    let both = put_index("both", &[entry("arm64"), entry("amd64")]);
+    let image = format!("{}/apps/on-index:v1", reg.addr);
+    ok(
+        build_push("faas-hello", &both, &image, &reg.addr, &npm),
+        "build on an index base",
+    );
+    let app = run(&pull_and_unpack(&image, None, &tmp.path().join("index")));
+    assert_eq!(http(&app, "GET", "/hello", None).0, 200);
+    drop(app);
+
+    // --platform picks the arm64 entry, whose config says amd64: refused.
+    let dir = root().join("fixtures/faas-hello");
+    let out = kiln(
+        &[
+            "build",
+            dir.to_str().unwrap(),
+            "--base",
+            &both,
+            "--platform",
+            "linux/arm64",
+            "--layout",
+            tmp.path().join("x").to_str().unwrap(),
+            "--insecure-registry",
+            &reg.addr,
+        ],
+        &npm,
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&both) && err.contains("linux/amd64, not linux/arm64"),
+        "{err}"
+    );
+
+    // An index without linux/amd64.
+    let arm_only = put_index("arm", &[entry("arm64")]);
+    let out = build_push(
+        "faas-hello",
+        &arm_only,
+        &format!("{}/apps/none:v1", reg.addr),
+        &reg.addr,
+        &npm,
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&arm_only) && err.contains("no linux/amd64 entry (it has: linux/arm64)"),
+        "{err}"
+    );
+}
+
+/// A server on loopback that answers every connection with `answer`; returns its address.
+fn fake_server(answer: &'static [u8]) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut buf = [0u8; 8192];
+            let _ = conn.read(&mut buf);
+            let _ = conn.write_all(answer);
+        }
+    });
+    addr
+}
+
+#[test]
+fn bad_references_and_registries_fail_with_clear_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let reg = TestRegistry::start();
+    let garbage = fake_server(b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\nhello world");
+    let busy = fake_server(
+        b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\nconnection: close\r\n\r\nbusy",
+    );
+    let dir = root().join("fixtures/faas-hello");
+    let insecure = format!("{},{garbage},{busy}", reg.addr);
+    let layout = tmp.path().join("out");
+    let attempt = |base: &str, image: Option<&str>| {
+        let mut cmd = kiln_cmd(
+            &std::path::PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kiln-cache"),
+            &npm,
+        );
+        cmd.args(["build", dir.to_str().unwrap(), "--base", base])
+            .args(["--layout", layout.to_str().unwrap()])
+            .args(["--insecure-registry", &insecure])
+            .env("KILN_REGISTRY_RETRIES", "3")
+            .env("KILN_REGISTRY_BACKOFF_MS", "10");
+        if let Some(image) = image {
+            cmd.args(["--image", image]);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success(), "{base} should fail");
+        stderr(&out)
+    };
+    let cases = [
+        (
+            "127.0.0.1:1/Bad Name:x".to_owned(),
+            vec!["127.0.0.1:1/Bad Name:x", "invalid reference"],
+        ),
+        (
+            "no-such-host.invalid/base/node:20".to_owned(),
+            vec!["no-such-host.invalid/base/node:20", "unknown host"],
+        ),
+        (
+            format!("{}/base/missing:20", reg.addr),
+            vec!["base/missing:20", "MANIFEST_UNKNOWN"],
+        ),
+        (
+            format!("{garbage}/base/node:20"),
+            vec!["not JSON", "hello world"],
+        ),
+        (
+            format!("{busy}/base/node:20"),
+            vec!["HTTP 503", "busy", "after 3 attempts"],
+        ),
+    ];
+    for (base, expected) in cases {
+        let err = attempt(&base, None);
+        for part in expected {
+            assert!(err.contains(part), "{base}: expected {part:?} in:\n{err}");
+        }
+    }
+    assert!(!layout.exists(), "a failed build wrote a layout");
+    // A bad target reference is refused before anything is built.
+    let out = kiln(
+        &[
+            "build",
+            dir.to_str().unwrap(),
+            "--image",
+            "127.0.0.1:5000/UPPER/case",
+        ],
+        &npm,
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("127.0.0.1:5000/UPPER/case") && err.contains("invalid reference"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("app layer"),
+        "built before checking --image: {err}"
+    );
 }

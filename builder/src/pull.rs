@@ -150,8 +150,13 @@ pub async fn pull_image(
 
 /// The media type a manifest document declares, or what its shape says it is.
 fn media_type_of(bytes: &[u8]) -> std::result::Result<String, String> {
-    let doc: serde_json::Value = serde_json::from_slice(bytes)
-        .map_err(|e| format!("registry sent a manifest that is not JSON: {e}"))?;
+    let doc: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+        let start: String = String::from_utf8_lossy(&bytes[..bytes.len().min(80)])
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        format!("registry sent a manifest that is not JSON ({e}): {start:?}")
+    })?;
     if let Some(mt) = doc.get("mediaType").and_then(|v| v.as_str()) {
         return Ok(mt.to_owned());
     }

@@ -57,9 +57,7 @@ pub async fn push_image(registry: &Registry, built: &Built, target: &str) -> Res
     blobs.extend(&manifest.layers);
     blobs.dedup_by(|a, b| a.digest == b.digest);
     let outcomes: Vec<BlobOutcome> = futures_util::stream::iter(blobs)
-        .map(|blob| {
-            push_blob(registry, built, &image, &repository, blob)
-        })
+        .map(|blob| push_blob(registry, built, &image, &repository, blob))
         .buffer_unordered(PARALLEL_PUSHES)
         .try_collect()
         .await?;

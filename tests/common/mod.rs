@@ -197,7 +197,6 @@ pub fn layer_paths(bundle: &Path) -> Vec<String> {
         .collect()
 }
 
-
 /// A port that was free a moment ago on 127.0.0.1.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
