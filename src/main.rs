@@ -32,6 +32,94 @@ enum Command {
     /// Runtime bases: a base image plus a kiln runtime layer.
     #[command(subcommand)]
     Runtime(RuntimeCommand),
+    /// Run a build worker: jobs from NATS JetStream to images and revisions.
+    Worker(WorkerArgs),
+    /// Upload an app's source and queue a build job; with --wait, follow it to its revision.
+    Submit(SubmitArgs),
+    /// List an app's revisions.
+    Revisions(RevisionsArgs),
+}
+
+#[derive(clap::Args)]
+struct WorkerArgs {
+    /// NATS server URL.
+    #[arg(long, env = "KILN_NATS", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// Registry (`host[:port]`) the images go to.
+    #[arg(long, env = "KILN_REGISTRY")]
+    registry: String,
+    /// Repository prefix in that registry: an app's image is `<registry>/<prefix>/<app>`.
+    #[arg(long, default_value = "apps")]
+    repository_prefix: String,
+    /// Base image for jobs that name none [default: made from the host's node].
+    #[arg(long)]
+    base: Option<String>,
+    /// Jobs built at once.
+    #[arg(long, default_value_t = 2)]
+    jobs: usize,
+    /// Worker name in events [default: hostname-pid].
+    #[arg(long)]
+    name: Option<String>,
+    /// Consumer ack wait in seconds (heartbeats go out at a third of it).
+    #[arg(long, default_value_t = 30)]
+    ack_wait_secs: u64,
+    /// Seconds a shutdown (SIGTERM) waits for the jobs in hand.
+    #[arg(long, default_value_t = 60)]
+    grace_secs: u64,
+    /// Serve /healthz and /metrics on this address (e.g. 127.0.0.1:9464).
+    #[arg(long)]
+    metrics: Option<String>,
+    #[command(flatten)]
+    registry_args: RegistryArgs,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+struct SubmitArgs {
+    /// The app's source directory.
+    dir: PathBuf,
+    /// App name (DNS-1123 label).
+    #[arg(long)]
+    app: String,
+    /// NATS server URL.
+    #[arg(long, env = "KILN_NATS", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// Runtime: faas, sma or app (detected by the worker when absent).
+    #[arg(long)]
+    runtime: Option<String>,
+    /// Base image reference [default: the worker's].
+    #[arg(long)]
+    base: Option<String>,
+    /// Extra environment for the image, `KEY=value` (repeatable).
+    #[arg(long = "env", value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// Job id [default: random]; resubmitting an id never makes a second revision.
+    #[arg(long)]
+    job_id: Option<String>,
+    /// Follow the job's progress until its revision (or failure).
+    #[arg(long)]
+    wait: bool,
+    /// With --wait: print the revision as JSON.
+    #[arg(long)]
+    json: bool,
+    /// With --wait: give up after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+    #[command(flatten)]
+    common: Common,
+}
+
+#[derive(clap::Args)]
+struct RevisionsArgs {
+    /// App name.
+    app: String,
+    /// NATS server URL.
+    #[arg(long, env = "KILN_NATS", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -199,6 +287,9 @@ fn run(cli: Cli) -> Result<()> {
             let built = Built::new(store, desc, &base.manifest);
             publish(&built, layout.as_deref(), &tag, to.as_deref(), &registry)
         }
+        Command::Worker(args) => worker(args),
+        Command::Submit(args) => submit(args),
+        Command::Revisions(args) => list_revisions(args),
         Command::Runtime(RuntimeCommand::Publish {
             runtime,
             base,
@@ -224,6 +315,148 @@ fn run(cli: Cli) -> Result<()> {
             publish(&built, layout.as_deref(), &tag, to.as_deref(), &registry)
         }
     }
+}
+
+fn worker(args: WorkerArgs) -> Result<()> {
+    let cache_dir = cache_dir(args.common.cache_dir)?;
+    let platform = match &args.registry_args.platform {
+        Some(p) => parse_platform(p)?,
+        None => host_platform(),
+    };
+    let name = args.name.unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let opts = kiln_queue::worker::WorkerOptions {
+        name,
+        jobs: args.jobs,
+        cache_dir,
+        repository: format!("{}/{}", args.registry, args.repository_prefix),
+        default_base: args.base,
+        platform,
+        registry: args.registry_args.registry(),
+        ack_wait: std::time::Duration::from_secs(args.ack_wait_secs.max(1)),
+        grace: std::time::Duration::from_secs(args.grace_secs),
+        limits: kiln_layers::ExtractLimits::default(),
+    };
+    runtime()?.block_on(async move {
+        let queue = kiln_queue::Queue::connect(&args.nats).await?;
+        let metrics = std::sync::Arc::new(kiln_queue::metrics::Metrics::default());
+        if let Some(addr) = &args.metrics {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--metrics {addr}"))?;
+            tokio::spawn(kiln_queue::metrics::serve(listener, metrics.clone()));
+        }
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        };
+        eprintln!(
+            "worker {} on {} (jobs: {})",
+            opts.name, args.nats, opts.jobs
+        );
+        kiln_queue::worker::run(queue, opts, metrics, shutdown).await?;
+        Ok(())
+    })
+}
+
+fn submit(args: SubmitArgs) -> Result<()> {
+    use kiln_queue::EventKind;
+    let scratch = cache_dir(args.common.cache_dir)?.join("submit");
+    let submission = kiln_queue::submit::Submission {
+        dir: args.dir,
+        app: args.app,
+        runtime: args.runtime,
+        base: args.base,
+        env: args.env,
+        job_id: args
+            .job_id
+            .or_else(|| Some(kiln_queue::submit::new_job_id())),
+    };
+    let job_id = submission.job_id.clone().expect("set");
+    runtime()?.block_on(async move {
+        let queue = kiln_queue::Queue::connect(&args.nats).await?;
+        let events = kiln_queue::submit::subscribe(&queue, &job_id).await?;
+        let (job, duplicate) = kiln_queue::submit::submit(&queue, &submission, &scratch).await?;
+        eprintln!(
+            "job {}{} for app {} (source {})",
+            job.job_id,
+            if duplicate { " (already queued)" } else { "" },
+            job.app,
+            job.source
+        );
+        if !args.wait {
+            println!("{}", job.job_id);
+            return Ok(());
+        }
+        let last = kiln_queue::submit::follow(
+            &queue,
+            events,
+            &job,
+            std::time::Duration::from_secs(args.timeout_secs),
+            |event| match &event.kind {
+                EventKind::Accepted => eprintln!("accepted"),
+                EventKind::Building { worker, attempt } => {
+                    eprintln!("building on {worker} (attempt {attempt})")
+                }
+                EventKind::Step { text } => eprintln!("{text}"),
+                EventKind::Pushed { image } => eprintln!("pushed {image}"),
+                EventKind::Revision { revision } => eprintln!("revision {}", revision.name),
+                EventKind::Failed { reason, retryable } => eprintln!(
+                    "failed{}: {reason}",
+                    if *retryable { " (will retry)" } else { "" }
+                ),
+            },
+        )
+        .await?;
+        match last.kind {
+            EventKind::Revision { revision } => {
+                if args.json {
+                    println!("{}", serde_json::to_string_pretty(&revision)?);
+                } else {
+                    println!("{}", revision.name);
+                }
+                Ok(())
+            }
+            EventKind::Failed { reason, .. } => bail!("job {} failed: {reason}", job.job_id),
+            _ => unreachable!("follow returns a revision or a failure"),
+        }
+    })
+}
+
+fn list_revisions(args: RevisionsArgs) -> Result<()> {
+    runtime()?.block_on(async move {
+        let queue = kiln_queue::Queue::connect(&args.nats).await?;
+        let all = kiln_queue::revisions::list(&queue, &args.app).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&all)?);
+            return Ok(());
+        }
+        if all.is_empty() {
+            bail!("app {}: no revisions", args.app);
+        }
+        println!(
+            "{:<24} {:<73} {:<8} {:<22} CREATED",
+            "REVISION", "IMAGE DIGEST", "RUNTIME", "BASE"
+        );
+        for r in all {
+            println!(
+                "{:<24} {:<73} {:<8} {:<22} {}",
+                r.name,
+                r.digest,
+                r.runtime,
+                r.base_digest.get(..19).unwrap_or(&r.base_digest),
+                r.created
+            );
+        }
+        Ok(())
+    })
 }
 
 /// Writes `built` to a layout and/or pushes it, then prints its digest.

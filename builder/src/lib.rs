@@ -16,4 +16,5 @@ pub mod seen;
 
 pub use build::{BaseSource, BuildRequest, Built, build, build_runtime_base};
 pub use error::{BuildError, Result};
+pub use kiln_runtimes::NAMES as RUNTIME_NAMES;
 pub use progress::{Progress, Quiet, Step};

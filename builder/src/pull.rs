@@ -114,12 +114,14 @@ pub async fn pull_image(
     let cached = std::iter::once(&manifest.config)
         .chain(&manifest.layers)
         .all(|d| store.contains(&d.digest));
-    let missing: Vec<&Descriptor> = std::iter::once(&manifest.config)
+    let missing: Vec<Descriptor> = std::iter::once(&manifest.config)
         .chain(&manifest.layers)
         .filter(|d| !store.contains(&d.digest))
+        .cloned()
         .collect();
+    let source = &source;
     futures_util::stream::iter(missing)
-        .map(|d| registry.download(&source, d, store))
+        .map(|d| async move { registry.download(source, &d, store).await })
         .buffer_unordered(PARALLEL_PULLS)
         .try_collect::<Vec<()>>()
         .await?;

@@ -53,14 +53,18 @@ pub async fn push_image(registry: &Registry, built: &Built, target: &str) -> Res
         .map_err(kiln_layers::Error::json("image manifest"))?;
     let repository = format!("{}/{}", image.resolve_registry(), image.repository());
 
-    let mut blobs: Vec<&Descriptor> = vec![&manifest.config];
-    blobs.extend(&manifest.layers);
+    let mut blobs: Vec<Descriptor> = vec![manifest.config.clone()];
+    blobs.extend(manifest.layers.iter().cloned());
     blobs.dedup_by(|a, b| a.digest == b.digest);
-    let outcomes: Vec<BlobOutcome> = futures_util::stream::iter(blobs)
-        .map(|blob| push_blob(registry, built, &image, &repository, blob))
-        .buffer_unordered(PARALLEL_PUSHES)
-        .try_collect()
-        .await?;
+    let (image_ref, repository_ref) = (&image, repository.as_str());
+    let outcomes: Vec<BlobOutcome> =
+        futures_util::stream::iter(blobs)
+            .map(|blob| async move {
+                push_blob(registry, built, image_ref, repository_ref, &blob).await
+            })
+            .buffer_unordered(PARALLEL_PUSHES)
+            .try_collect()
+            .await?;
 
     let mut pushed = Pushed {
         reference: image.whole(),

@@ -90,6 +90,14 @@ pub enum Error {
         /// What is wrong.
         problem: String,
     },
+    /// An entry of an untrusted source archive is unsafe or breaks an extraction limit.
+    #[error("source archive entry {entry:?}: {problem}")]
+    UnsafeArchive {
+        /// The entry's name as written in the archive (lossy UTF-8, possibly shortened).
+        entry: String,
+        /// What is wrong.
+        problem: String,
+    },
 }
 
 impl Error {

@@ -8,6 +8,7 @@
 pub mod cache;
 pub mod digest;
 pub mod error;
+pub mod extract;
 pub mod layer;
 pub mod oci;
 pub mod pgzip;
@@ -18,6 +19,7 @@ pub mod validate;
 pub use cache::{CacheKey, LayerCache};
 pub use digest::{Digest, HashingWriter};
 pub use error::{Error, Result};
+pub use extract::{ExtractLimits, Extracted, extract_tar_gz};
 pub use layer::{Entry, EntryKind, Layer, LayerBuilder};
 pub use oci::{Descriptor, ImageConfig, ImageIndex, ImageManifest};
 pub use source::{SourceEntry, SourceKind, SourceTree};

@@ -1,3 +1,13 @@
-//! The NATS JetStream side of kiln: job and event schemas, streams, the worker loop.
-//!
-//! Empty until the NATS worker is built; see DESIGN.md, section NATS.
+//! kiln on NATS JetStream: versioned job, event and revision schemas; the streams, stores and
+//! consumer; `submit`; the build worker with exactly one revision per job id; revision records.
+
+pub mod metrics;
+pub mod nats;
+pub mod revisions;
+pub mod schema;
+pub mod source;
+pub mod submit;
+pub mod worker;
+
+pub use nats::{NatsError, Queue};
+pub use schema::{BuildJob, Event, EventKind, Revision};

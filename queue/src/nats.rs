@@ -1,0 +1,181 @@
+//! The JetStream resources kiln uses, created idempotently by whoever connects first:
+//!
+//! | name | kind |
+//! | --- | --- |
+//! | `KILN_JOBS` on `kiln.jobs.>` | work-queue stream, file storage, duplicate window on job id |
+//! | `kiln-workers` | durable pull consumer, explicit ack, AckWait + heartbeats, MaxDeliver |
+//! | `kiln-sources` | object store of source tarballs, named by digest |
+//! | `KILN_EVENTS` on `kiln.events.>` | limits stream (age) of job events |
+//! | `KILN_REVISIONS` on `kiln.revisions.>` | what the deployer consumes |
+//! | `kiln-revisions` | KV: revision records and indexes |
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, object_store, stream};
+
+/// Work-queue stream of jobs.
+pub const JOBS_STREAM: &str = "KILN_JOBS";
+/// Subject prefix of build jobs (`kiln.jobs.build.<app>`).
+pub const JOBS_BUILD_SUBJECT: &str = "kiln.jobs.build";
+/// The workers' durable consumer.
+pub const WORKERS_CONSUMER: &str = "kiln-workers";
+/// Object store of source tarballs.
+pub const SOURCES_BUCKET: &str = "kiln-sources";
+/// Events stream.
+pub const EVENTS_STREAM: &str = "KILN_EVENTS";
+/// Revisions stream (deployer feed).
+pub const REVISIONS_STREAM: &str = "KILN_REVISIONS";
+/// KV of revisions.
+pub const REVISIONS_BUCKET: &str = "kiln-revisions";
+/// How long a repeated job id is recognised as a duplicate.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(24 * 3600);
+/// Deliveries before a job is given up.
+pub const MAX_DELIVER: i64 = 5;
+
+/// The subject of a job's events.
+pub fn events_subject(job_id: &str) -> String {
+    format!("kiln.events.{job_id}")
+}
+
+/// The subject of an app's revisions.
+pub fn revisions_subject(app: &str) -> String {
+    format!("kiln.revisions.{app}")
+}
+
+/// An error talking to NATS, with what kiln was doing.
+#[derive(Debug, thiserror::Error)]
+#[error("NATS: {action}: {message}")]
+pub struct NatsError {
+    /// What kiln was doing.
+    pub action: String,
+    /// The client's error.
+    pub message: String,
+}
+
+/// Wraps any NATS client error with `action`.
+pub fn nats_err<E: std::fmt::Display>(action: impl Into<String>) -> impl FnOnce(E) -> NatsError {
+    let action = action.into();
+    move |e| NatsError {
+        action,
+        message: e.to_string(),
+    }
+}
+
+/// A connection with every kiln stream, bucket and store at hand.
+#[derive(Clone)]
+pub struct Queue {
+    /// The core client.
+    pub client: async_nats::Client,
+    /// JetStream.
+    pub js: jetstream::Context,
+    /// Revision records.
+    pub revisions: kv::Store,
+    /// Source tarballs.
+    pub sources: object_store::ObjectStore,
+}
+
+impl Queue {
+    /// Connects to `url` and makes sure every resource exists.
+    pub async fn connect(url: &str) -> Result<Queue, NatsError> {
+        let client = async_nats::ConnectOptions::new()
+            .name("kiln")
+            .retry_on_initial_connect()
+            .max_reconnects(None)
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(nats_err(format!("connect to {url}")))?;
+        let js = jetstream::new(client.clone());
+        js.get_or_create_stream(stream::Config {
+            name: JOBS_STREAM.into(),
+            subjects: vec!["kiln.jobs.>".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: DUPLICATE_WINDOW,
+            ..Default::default()
+        })
+        .await
+        .map_err(nats_err("create stream KILN_JOBS"))?;
+        js.get_or_create_stream(stream::Config {
+            name: EVENTS_STREAM.into(),
+            subjects: vec!["kiln.events.>".into()],
+            storage: stream::StorageType::File,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            ..Default::default()
+        })
+        .await
+        .map_err(nats_err("create stream KILN_EVENTS"))?;
+        js.get_or_create_stream(stream::Config {
+            name: REVISIONS_STREAM.into(),
+            subjects: vec!["kiln.revisions.>".into()],
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await
+        .map_err(nats_err("create stream KILN_REVISIONS"))?;
+        let revisions = match js.get_key_value(REVISIONS_BUCKET).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: REVISIONS_BUCKET.into(),
+                    history: 1,
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(nats_err("create KV kiln-revisions"))?,
+        };
+        let sources = match js.get_object_store(SOURCES_BUCKET).await {
+            Ok(store) => store,
+            Err(_) => js
+                .create_object_store(object_store::Config {
+                    bucket: SOURCES_BUCKET.into(),
+                    storage: stream::StorageType::File,
+                    ..Default::default()
+                })
+                .await
+                .map_err(nats_err("create object store kiln-sources"))?,
+        };
+        Ok(Queue {
+            client,
+            js,
+            revisions,
+            sources,
+        })
+    }
+
+    /// The workers' consumer, created or updated with `ack_wait`.
+    pub async fn workers_consumer(
+        &self,
+        ack_wait: Duration,
+    ) -> Result<consumer::PullConsumer, NatsError> {
+        let stream = self
+            .js
+            .get_stream(JOBS_STREAM)
+            .await
+            .map_err(nats_err("get stream KILN_JOBS"))?;
+        stream
+            .create_consumer(consumer::pull::Config {
+                durable_name: Some(WORKERS_CONSUMER.into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait,
+                max_deliver: MAX_DELIVER,
+                max_ack_pending: 10_000,
+                ..Default::default()
+            })
+            .await
+            .map_err(nats_err("create consumer kiln-workers"))
+    }
+
+    /// Publishes `payload` on `subject` through JetStream and waits for the stream's ack.
+    pub async fn publish(&self, subject: String, payload: Vec<u8>) -> Result<(), NatsError> {
+        let action = format!("publish to {subject}");
+        self.js
+            .publish(subject, payload.into())
+            .await
+            .map_err(nats_err(action.clone()))?
+            .await
+            .map_err(nats_err(action))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,350 @@
+//! Versioned messages on the queue: build jobs, events and revision records (JSON, each with
+//! `schema_version`), and the validation of every field a job carries.
+
+use serde::{Deserialize, Serialize};
+
+/// The schema version this code writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// A build job: published on `kiln.jobs.build.<app>` with the job id as message id.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildJob {
+    /// Always [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Unique id; a job id yields at most one revision.
+    pub job_id: String,
+    /// App name (DNS-1123 label; it becomes the Knative Service name).
+    pub app: String,
+    /// Name of the source tarball in the `kiln-sources` object store (`sha256-<hex>`).
+    pub source: String,
+    /// Runtime (`faas`, `sma`, `app`); detected from the source when absent.
+    #[serde(default)]
+    pub runtime: Option<String>,
+    /// Base image reference; the worker's default when absent.
+    #[serde(default)]
+    pub base: Option<String>,
+    /// Extra `KEY=value` environment for the image.
+    #[serde(default)]
+    pub env: Vec<String>,
+}
+
+/// Why a job is not acceptable, naming the field.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid job: {field}: {problem}")]
+pub struct InvalidJob {
+    /// The field at fault.
+    pub field: &'static str,
+    /// What is wrong.
+    pub problem: String,
+}
+
+fn invalid(field: &'static str, problem: impl Into<String>) -> InvalidJob {
+    InvalidJob {
+        field,
+        problem: problem.into(),
+    }
+}
+
+impl BuildJob {
+    /// Parses and validates a job message.
+    pub fn parse(payload: &[u8]) -> Result<BuildJob, InvalidJob> {
+        let job: BuildJob = serde_json::from_slice(payload)
+            .map_err(|e| invalid("payload", format!("not a build job: {e}")))?;
+        job.validate()?;
+        Ok(job)
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), InvalidJob> {
+        if self.schema_version != SCHEMA_VERSION {
+            return Err(invalid(
+                "schema_version",
+                format!(
+                    "{} is not supported (expected {SCHEMA_VERSION})",
+                    self.schema_version
+                ),
+            ));
+        }
+        validate_job_id(&self.job_id)?;
+        validate_app(&self.app)?;
+        let hex = self.source.strip_prefix("sha256-").unwrap_or("");
+        if hex.len() != 64
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        {
+            return Err(invalid(
+                "source",
+                format!(
+                    "{:?} is not a source object name (sha256-<64 hex>)",
+                    self.source
+                ),
+            ));
+        }
+        if let Some(runtime) = &self.runtime
+            && !kiln_builder::RUNTIME_NAMES.contains(&runtime.as_str())
+        {
+            return Err(invalid(
+                "runtime",
+                format!(
+                    "unknown runtime {runtime:?} (known: {})",
+                    kiln_builder::RUNTIME_NAMES.join(", ")
+                ),
+            ));
+        }
+        if let Some(base) = &self.base {
+            kiln_builder::registry::parse_reference(base)
+                .map_err(|e| invalid("base", e.to_string()))?;
+        }
+        for kv in &self.env {
+            let key = kv.split_once('=').map(|(k, _)| k).unwrap_or("");
+            let ok = !key.is_empty()
+                && !key.starts_with(|c: char| c.is_ascii_digit())
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !ok {
+                return Err(invalid(
+                    "env",
+                    format!("{kv:?} is not KEY=value with KEY of letters, digits and _"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Job ids: 1–64 of `A-Za-z0-9_-` (they are NATS subject tokens and KV keys).
+pub fn validate_job_id(id: &str) -> Result<(), InvalidJob> {
+    if id.is_empty()
+        || id.len() > 64
+        || !id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(invalid(
+            "job_id",
+            format!("{id:?} must be 1-64 characters of A-Z a-z 0-9 _ -"),
+        ));
+    }
+    Ok(())
+}
+
+/// App names: a DNS-1123 label a Knative Service can carry with a `-NNNNN` revision suffix:
+/// lowercase letters, digits and `-`, starting with a letter, at most 57 characters.
+pub fn validate_app(app: &str) -> Result<(), InvalidJob> {
+    let ok = !app.is_empty()
+        && app.len() <= 57
+        && app.starts_with(|c: char| c.is_ascii_lowercase())
+        && !app.ends_with('-')
+        && app
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !ok {
+        return Err(invalid(
+            "app",
+            format!(
+                "{app:?} must be a DNS-1123 label: lowercase letters, digits and -, starting with a letter, at most 57 characters"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What happened to a job: published on `kiln.events.<job_id>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// Always [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// The job.
+    pub job_id: String,
+    /// The app, when known.
+    #[serde(default)]
+    pub app: Option<String>,
+    /// What happened.
+    #[serde(flatten)]
+    pub kind: EventKind,
+    /// When (RFC 3339).
+    pub at: String,
+}
+
+/// The kinds of event, tagged by `event`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum EventKind {
+    /// `kiln submit` published the job.
+    Accepted,
+    /// A worker took the job (delivery `attempt`).
+    Building {
+        /// Worker name.
+        worker: String,
+        /// Delivery count, 1 for the first.
+        attempt: u64,
+    },
+    /// A build step (`resolving base`, `deps: cache hit`, …).
+    Step {
+        /// The step, as the CLI prints it.
+        text: String,
+    },
+    /// The image is in the registry.
+    Pushed {
+        /// `repo@sha256:…`.
+        image: String,
+    },
+    /// The job's revision is recorded.
+    Revision {
+        /// The revision record.
+        revision: Box<Revision>,
+    },
+    /// The job failed.
+    Failed {
+        /// What went wrong.
+        reason: String,
+        /// True when the job will be (or could be) retried.
+        retryable: bool,
+    },
+}
+
+/// One layer of a revision's image.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LayerRecord {
+    /// `base`, `runtime`, `deps` or `app`.
+    pub kind: String,
+    /// Layer digest.
+    pub digest: String,
+    /// Compressed size.
+    pub size: u64,
+    /// True when the layer came from a cache.
+    pub cache_hit: bool,
+}
+
+/// A revision: one deployable image of an app, `<app>-<NNNNN>`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Revision {
+    /// Always [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// `<app>-<NNNNN>`.
+    pub name: String,
+    /// The app.
+    pub app: String,
+    /// The revision number (1, 2, …, contiguous per app).
+    pub number: u64,
+    /// The job that made it.
+    pub job_id: String,
+    /// The image pinned by digest: `host/repo@sha256:…`.
+    pub image: String,
+    /// The image manifest digest.
+    pub digest: String,
+    /// Runtime name.
+    pub runtime: String,
+    /// Base image name.
+    pub base: String,
+    /// Base manifest digest.
+    pub base_digest: String,
+    /// Source digest (app files + dependency inputs).
+    pub source_digest: String,
+    /// Source tarball object name.
+    pub source_object: String,
+    /// User environment.
+    pub env: Vec<String>,
+    /// Container port.
+    pub port: u16,
+    /// Layers, bottom first, with cache hits.
+    pub layers: Vec<LayerRecord>,
+    /// Milliseconds spent: build, push, total.
+    pub timings_ms: Timings,
+    /// When it was recorded (RFC 3339).
+    pub created: String,
+}
+
+/// Time spent on a revision.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// Fetch, extract and build.
+    pub build: u64,
+    /// Push to the registry.
+    pub push: u64,
+    /// From the worker taking the job to the revision recorded.
+    pub total: u64,
+}
+
+/// `<app>-<NNNNN>`.
+pub fn revision_name(app: &str, number: u64) -> String {
+    format!("{app}-{number:05}")
+}
+
+/// Now as RFC 3339 UTC.
+pub fn now() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    kiln_builder::image::rfc3339(secs)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> BuildJob {
+        BuildJob {
+            schema_version: 1,
+            job_id: "j-1".into(),
+            app: "hello".into(),
+            source: format!("sha256-{}", "a".repeat(64)),
+            runtime: Some("faas".into()),
+            base: Some("127.0.0.1:5000/base/node:20".into()),
+            env: vec!["A=1".into()],
+        }
+    }
+
+    #[test]
+    fn a_good_job_round_trips() {
+        let bytes = serde_json::to_vec(&job()).unwrap();
+        assert_eq!(BuildJob::parse(&bytes).unwrap(), job());
+    }
+
+    #[test]
+    fn each_bad_field_is_named() {
+        type Spoil = Box<dyn Fn(&mut BuildJob)>;
+        let cases: Vec<(&str, Spoil)> = vec![
+            ("schema_version", Box::new(|j| j.schema_version = 9)),
+            ("job_id", Box::new(|j| j.job_id = "a.b".into())),
+            ("app", Box::new(|j| j.app = "Hello".into())),
+            ("app", Box::new(|j| j.app = "x".repeat(58))),
+            ("source", Box::new(|j| j.source = "../etc/passwd".into())),
+            ("runtime", Box::new(|j| j.runtime = Some("cobol".into()))),
+            ("base", Box::new(|j| j.base = Some("Bad Ref".into()))),
+            ("env", Box::new(|j| j.env = vec!["1X=2".into()])),
+        ];
+        for (field, spoil) in cases {
+            let mut j = job();
+            spoil(&mut j);
+            let err = BuildJob::parse(&serde_json::to_vec(&j).unwrap()).unwrap_err();
+            assert_eq!(err.field, field, "{err}");
+        }
+        let err = BuildJob::parse(b"{not json").unwrap_err();
+        assert_eq!(err.field, "payload");
+        let err = BuildJob::parse(
+            br#"{"schema_version":1,"job_id":"x","app":"a","source":"s","extra":1}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("extra"), "{err}");
+    }
+
+    #[test]
+    fn events_are_tagged() {
+        let e = Event {
+            schema_version: 1,
+            job_id: "j".into(),
+            app: None,
+            kind: EventKind::Failed {
+                reason: "x".into(),
+                retryable: false,
+            },
+            at: now(),
+        };
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["event"], "failed");
+        assert_eq!(serde_json::from_value::<Event>(v).unwrap(), e);
+    }
+}

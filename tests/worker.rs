@@ -1,0 +1,469 @@
+//! End-to-end tests of the NATS worker: real nats-server (JetStream) and docker-registry on
+//! loopback, real `kiln worker` processes; images pulled back, unpacked, run and called.
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::nats::TestNats;
+use common::registry::TestRegistry;
+use common::*;
+use kiln_queue::submit::{Submission, submit};
+use kiln_queue::{Queue, Revision};
+
+fn shared_cache() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kiln-cache")
+}
+
+/// Pushes the host base to the registry; returns its reference.
+fn push_base(reg: &TestRegistry, npm: &Path) -> String {
+    let base = format!("{}/base/node:20", reg.addr);
+    let out = kiln(
+        &[
+            "base",
+            "from-host",
+            "--to",
+            &base,
+            "--insecure-registry",
+            &reg.addr,
+        ],
+        npm,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    base
+}
+
+struct Worker {
+    child: Child,
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `kiln worker` with its own cache directory.
+fn worker(
+    nats: &TestNats,
+    reg: &TestRegistry,
+    base: &str,
+    cache: &Path,
+    npm: &Path,
+    extra: &[&str],
+) -> Worker {
+    let mut cmd = kiln_cmd(cache, npm);
+    cmd.args(["worker", "--nats", &nats.url, "--registry", &reg.addr])
+        .args(["--insecure-registry", &reg.addr, "--base", base])
+        .args(["--ack-wait-secs", "3", "--grace-secs", "10"])
+        .args(extra)
+        .env("KILN_REGISTRY_BACKOFF_MS", "50")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    Worker {
+        child: cmd.spawn().unwrap(),
+    }
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A copy of faas-hello whose hello function answers `greeting`.
+fn app_variant(tmp: &Path, name: &str, greeting: &str) -> PathBuf {
+    let dir = tmp.join(name);
+    let ok = Command::new("cp")
+        .arg("-r")
+        .arg(root().join("fixtures/faas-hello"))
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::fs::write(
+        dir.join("functions/hello.js"),
+        format!("module.exports = async () => ({{ greeting: {greeting:?} }});\n"),
+    )
+    .unwrap();
+    dir
+}
+
+/// Waits until every job id has a `job.<id>` revision index; returns job id → revision.
+async fn wait_for_revisions(
+    queue: &Queue,
+    jobs: &[(String, String)],
+    timeout: Duration,
+) -> BTreeMap<String, Revision> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut done = BTreeMap::new();
+        for (app, job) in jobs {
+            if let Some(r) = kiln_queue::revisions::by_job(queue, app, job, false)
+                .await
+                .unwrap()
+            {
+                done.insert(job.clone(), r);
+            }
+        }
+        if done.len() == jobs.len() {
+            return done;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} jobs have a revision",
+            done.len(),
+            jobs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Every app's revisions are numbered 1..=n with no gap, and each job has its own.
+async fn assert_exactly_one_each(queue: &Queue, done: &BTreeMap<String, Revision>) {
+    let mut per_app: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
+    for (job, r) in done {
+        assert_eq!(&r.job_id, job, "job {job} points at another job's revision");
+        assert!(
+            per_app.entry(&r.app).or_default().insert(r.number),
+            "two jobs share {}",
+            r.name
+        );
+    }
+    for (app, numbers) in per_app {
+        let all = kiln_queue::revisions::list(queue, app).await.unwrap();
+        let recorded: BTreeSet<u64> = all.iter().map(|r| r.number).collect();
+        assert_eq!(
+            recorded,
+            (1..=numbers.len() as u64).collect::<BTreeSet<_>>(),
+            "{app}: revisions not contiguous or doubled"
+        );
+        assert_eq!(numbers, recorded, "{app}: a revision without its job");
+    }
+}
+
+#[test]
+fn submit_wait_builds_pushes_runs_and_records_one_revision() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let nats = TestNats::start();
+    let reg = TestRegistry::start();
+    let base = push_base(&reg, &npm);
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let _w = worker(
+        &nats,
+        &reg,
+        &base,
+        &tmp.path().join("worker-cache"),
+        &npm,
+        &["--metrics", &metrics],
+    );
+
+    let fixture = root().join("fixtures/faas-hello");
+    let submit_cmd = |job_id: &str| {
+        kiln_cmd(&shared_cache(), &npm)
+            .args(["submit", fixture.to_str().unwrap(), "--app", "hello"])
+            .args([
+                "--nats",
+                &nats.url,
+                "--wait",
+                "--json",
+                "--timeout-secs",
+                "120",
+            ])
+            .args(["--job-id", job_id])
+            .output()
+            .unwrap()
+    };
+    let out = submit_cmd("job-one");
+    let progress = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{progress}");
+    for step in [
+        "accepted",
+        "building on",
+        "app layer",
+        "pushed",
+        "revision hello-00001",
+    ] {
+        assert!(
+            progress.contains(step),
+            "no {step:?} in progress:\n{progress}"
+        );
+    }
+    let revision: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(revision["name"], "hello-00001");
+    assert_eq!(revision["runtime"], "faas");
+    let image = revision["image"].as_str().unwrap().to_owned();
+    assert!(
+        image.starts_with(&format!("{}/apps/hello@sha256:", reg.addr)),
+        "{image}"
+    );
+
+    let app = run(&pull_and_unpack(&image, None, &tmp.path().join("run")));
+    let (status, body) = http(&app, "GET", "/hello?name=nats", None);
+    assert!(
+        status == 200 && body.contains("hello nats"),
+        "{status} {body}"
+    );
+    drop(app);
+
+    // The same job id again: no second revision.
+    let again = submit_cmd("job-one");
+    assert!(again.status.success());
+    let again: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    assert_eq!(again["name"], "hello-00001");
+    // A new job with the same source and base: answered with the existing image.
+    let same = submit_cmd("job-two");
+    assert!(same.status.success());
+    let same: serde_json::Value = serde_json::from_slice(&same.stdout).unwrap();
+    assert_eq!(same["digest"], revision["digest"]);
+
+    let rt = rt();
+    rt.block_on(async {
+        let queue = Queue::connect(&nats.url).await.unwrap();
+        let all = kiln_queue::revisions::list(&queue, "hello").await.unwrap();
+        assert_eq!(all.len(), 1, "{all:?}");
+        // The deployer's feed has the revision.
+        let stream = queue.js.get_stream("KILN_REVISIONS").await.unwrap();
+        let last = stream
+            .get_last_raw_message_by_subject("kiln.revisions.hello")
+            .await
+            .unwrap();
+        let fed: Revision = serde_json::from_slice(&last.payload).unwrap();
+        assert_eq!(fed.name, "hello-00001");
+    });
+
+    let health = Command::new("curl")
+        .args(["-sf", &format!("http://{metrics}/healthz")])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&health.stdout), "ok\n");
+    let metrics = Command::new("curl")
+        .args(["-sf", &format!("http://{metrics}/metrics")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        text.contains("kiln_jobs_total{outcome=\"revision\"} 2")
+            && text.contains("kiln_jobs_total{outcome=\"deduplicated\"} 1"),
+        "{text}"
+    );
+}
+
+#[test]
+fn bad_jobs_fail_fast_with_a_reason_and_good_jobs_complete() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let nats = TestNats::start();
+    let reg = TestRegistry::start();
+    let base = push_base(&reg, &npm);
+    let _w = worker(&nats, &reg, &base, &tmp.path().join("w"), &npm, &[]);
+    let rt = rt();
+    rt.block_on(async {
+        let queue = Queue::connect(&nats.url).await.unwrap();
+        let mut events = queue.client.subscribe("kiln.events.>").await.unwrap();
+
+        // Malformed JSON, a job with an unknown runtime, a missing source object.
+        queue
+            .publish("kiln.jobs.build.x".into(), b"{not json".to_vec())
+            .await
+            .unwrap();
+        let bogus = kiln_queue::BuildJob {
+            schema_version: 1,
+            job_id: "missing-source".into(),
+            app: "ghost".into(),
+            source: format!("sha256-{}", "0".repeat(64)),
+            runtime: None,
+            base: None,
+            env: vec![],
+        };
+        kiln_queue::submit::publish_job(&queue, &bogus)
+            .await
+            .unwrap();
+        let mut unknown = bogus.clone();
+        unknown.job_id = "unknown-runtime".into();
+        unknown.runtime = Some("cobol".into());
+        kiln_queue::submit::publish_job(&queue, &unknown)
+            .await
+            .unwrap();
+        // An invalid package.json, then a good job.
+        let sub = |dir: PathBuf, app: &str, id: &str| Submission {
+            dir,
+            app: app.into(),
+            runtime: None,
+            base: None,
+            env: vec![],
+            job_id: Some(id.into()),
+        };
+        let scratch = tmp.path().join("submit");
+        submit(
+            &queue,
+            &sub(
+                root().join("fixtures/bad/bad-package-json"),
+                "broken",
+                "bad-pkg",
+            ),
+            &scratch,
+        )
+        .await
+        .unwrap();
+        submit(
+            &queue,
+            &sub(root().join("fixtures/faas-hello"), "good", "good-1"),
+            &scratch,
+        )
+        .await
+        .unwrap();
+
+        let expected: BTreeMap<&str, &str> = BTreeMap::from([
+            ("unknown", "payload"),
+            ("missing-source", "not found"),
+            ("unknown-runtime", "runtime"),
+            ("bad-pkg", "package.json"),
+        ]);
+        let mut failed = BTreeMap::new();
+        let mut good = None;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+        while failed.len() < expected.len() || good.is_none() {
+            use futures_util::StreamExt;
+            let msg = tokio::time::timeout_at(deadline, events.next())
+                .await
+                .expect("events in time")
+                .unwrap();
+            let event: kiln_queue::Event = serde_json::from_slice(&msg.payload).unwrap();
+            match event.kind {
+                kiln_queue::EventKind::Failed { reason, retryable } => {
+                    assert!(
+                        !retryable,
+                        "{}: bad input marked retryable: {reason}",
+                        event.job_id
+                    );
+                    failed.insert(event.job_id.clone(), reason);
+                }
+                kiln_queue::EventKind::Revision { revision } => good = Some(revision),
+                _ => {}
+            }
+        }
+        for (job, part) in expected {
+            let reason = &failed[job];
+            assert!(reason.contains(part), "{job}: {reason}");
+        }
+        assert_eq!(good.unwrap().name, "good-00001");
+        // Terminated jobs left the work queue.
+        let mut jobs = queue.js.get_stream("KILN_JOBS").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while jobs.info().await.unwrap().state.messages != 0 {
+            assert!(Instant::now() < deadline, "jobs left in KILN_JOBS");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+}
+
+#[test]
+fn two_workers_fifty_jobs_ten_apps_exactly_one_revision_each() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let nats = TestNats::start();
+    let reg = TestRegistry::start();
+    let base = push_base(&reg, &npm);
+    let _w1 = worker(
+        &nats,
+        &reg,
+        &base,
+        &tmp.path().join("w1"),
+        &npm,
+        &["--jobs", "3"],
+    );
+    let _w2 = worker(
+        &nats,
+        &reg,
+        &base,
+        &tmp.path().join("w2"),
+        &npm,
+        &["--jobs", "3"],
+    );
+    let rt = rt();
+    rt.block_on(async {
+        let queue = Queue::connect(&nats.url).await.unwrap();
+        let scratch = tmp.path().join("submit");
+        let mut jobs = Vec::new();
+        for i in 0..50 {
+            let app = format!("app{}", i % 10);
+            let dir = app_variant(tmp.path(), &format!("src{i}"), &format!("hi {i}"));
+            let id = format!("job-{i}");
+            let submission = Submission {
+                dir,
+                app: app.clone(),
+                runtime: None,
+                base: None,
+                env: vec![],
+                job_id: Some(id.clone()),
+            };
+            submit(&queue, &submission, &scratch).await.unwrap();
+            jobs.push((app, id));
+        }
+        let done = wait_for_revisions(&queue, &jobs, Duration::from_secs(240)).await;
+        assert_exactly_one_each(&queue, &done).await;
+    });
+}
+
+#[test]
+fn killed_workers_lose_no_job_and_double_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let nats = TestNats::start();
+    let reg = TestRegistry::start();
+    let base = push_base(&reg, &npm);
+    let w1_cache = tmp.path().join("w1");
+    let mut w1 = worker(&nats, &reg, &base, &w1_cache, &npm, &["--jobs", "2"]);
+    let _w2 = worker(
+        &nats,
+        &reg,
+        &base,
+        &tmp.path().join("w2"),
+        &npm,
+        &["--jobs", "2"],
+    );
+    let rt = rt();
+    rt.block_on(async {
+        let queue = Queue::connect(&nats.url).await.unwrap();
+        let scratch = tmp.path().join("submit");
+        let mut jobs = Vec::new();
+        for i in 0..24 {
+            let app = format!("kill{}", i % 4);
+            let dir = app_variant(tmp.path(), &format!("k{i}"), &format!("k {i}"));
+            let id = format!("kill-{i}");
+            let submission = Submission {
+                dir,
+                app: app.clone(),
+                runtime: None,
+                base: None,
+                env: vec![],
+                job_id: Some(id.clone()),
+            };
+            submit(&queue, &submission, &scratch).await.unwrap();
+            jobs.push((app, id));
+        }
+        // kill -9 one worker again and again while the queue drains, restarting it each time.
+        for round in 0..5 {
+            tokio::time::sleep(Duration::from_millis(150 + 100 * round)).await;
+            let _ = w1.child.kill();
+            let _ = w1.child.wait();
+            w1 = worker(&nats, &reg, &base, &w1_cache, &npm, &["--jobs", "2"]);
+        }
+        let done = wait_for_revisions(&queue, &jobs, Duration::from_secs(240)).await;
+        assert_exactly_one_each(&queue, &done).await;
+    });
+    drop(w1);
+}
