@@ -173,10 +173,17 @@ struct RegistryArgs {
     /// First retry delay in milliseconds; doubled each retry, with jitter.
     #[arg(long, env = "KILN_REGISTRY_BACKOFF_MS", default_value_t = 200)]
     registry_backoff_ms: u64,
+    /// The client made from these options, shared by pull and push (one connection pool).
+    #[arg(skip)]
+    client: std::sync::OnceLock<Registry>,
 }
 
 impl RegistryArgs {
     fn registry(&self) -> Registry {
+        self.client.get_or_init(|| self.new_registry()).clone()
+    }
+
+    fn new_registry(&self) -> Registry {
         Registry::new(RegistryOptions {
             insecure: self.insecure.clone(),
             retry: RetryPolicy {
@@ -479,12 +486,18 @@ fn publish(
     Ok(())
 }
 
-fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+/// The process's async runtime, started on first use.
+fn runtime() -> Result<&'static tokio::runtime::Runtime> {
+    static RUNTIME: std::sync::OnceLock<tokio::runtime::Runtime> = std::sync::OnceLock::new();
+    if let Some(rt) = RUNTIME.get() {
+        return Ok(rt);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-        .context("starting the async runtime")
+        .context("starting the async runtime")?;
+    Ok(RUNTIME.get_or_init(|| rt))
 }
 
 fn push(built: &Built, target: &str, args: &RegistryArgs) -> Result<()> {

@@ -5,6 +5,7 @@
 
 mod auth;
 mod error;
+mod reference;
 mod retry;
 
 use std::collections::HashSet;
@@ -21,6 +22,7 @@ use oci_client::{Client, Reference};
 
 pub use auth::{Credentials, ENV_PASSWORD, ENV_TOKEN, ENV_USER, credentials_for};
 pub use error::{Answer, RegistryError};
+pub use reference::parse_reference;
 pub use retry::RetryPolicy;
 
 /// Media types accepted when pulling a manifest.
@@ -47,17 +49,6 @@ pub struct Registry {
     retry: RetryPolicy,
     authed: Arc<Mutex<HashSet<String>>>,
     secrets: Arc<Mutex<Vec<String>>>,
-}
-
-/// Parses an image reference (`host[:port]/repo[:tag][@digest]`), with a clear error.
-pub fn parse_reference(reference: &str) -> Result<Reference, RegistryError> {
-    reference.parse::<Reference>().map_err(|e| {
-        RegistryError::local(
-            reference,
-            "parse image reference",
-            format!("{e} (expected host[:port]/repository[:tag][@sha256:…])"),
-        )
-    })
 }
 
 impl Registry {
