@@ -36,8 +36,48 @@ enum Command {
     Worker(WorkerArgs),
     /// Upload an app's source and queue a build job; with --wait, follow it to its revision.
     Submit(SubmitArgs),
-    /// List an app's revisions.
+    /// List an app's revisions with their traffic.
     Revisions(RevisionsArgs),
+    /// Send an app's traffic to a revision (or split it for a canary) and render the Knative
+    /// Service; no rebuild.
+    Deploy(DeployArgs),
+    /// Send all traffic back to the revision deployed before the current one; no rebuild.
+    Rollback(RollbackArgs),
+}
+
+#[derive(clap::Args)]
+struct DeployArgs {
+    /// App name.
+    app: String,
+    /// All traffic to this revision (`<app>-<NNNNN>`).
+    #[arg(long, conflicts_with_all = ["canary", "promote"])]
+    revision: Option<String>,
+    /// Canary: `<revision>=<percent>` to the candidate, the rest to the current revision.
+    #[arg(long, value_name = "REVISION=PERCENT", conflicts_with = "promote")]
+    canary: Option<String>,
+    /// All traffic to the canary candidate.
+    #[arg(long)]
+    promote: bool,
+    #[command(flatten)]
+    out: ServiceOut,
+}
+
+#[derive(clap::Args)]
+struct RollbackArgs {
+    /// App name.
+    app: String,
+    #[command(flatten)]
+    out: ServiceOut,
+}
+
+#[derive(clap::Args)]
+struct ServiceOut {
+    /// Write the Knative Service YAML here instead of stdout.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// NATS server URL.
+    #[arg(long, env = "KILN_NATS", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
 }
 
 #[derive(clap::Args)]
@@ -106,6 +146,21 @@ struct SubmitArgs {
     /// With --wait: give up after this many seconds.
     #[arg(long, default_value_t = 600)]
     timeout_secs: u64,
+    /// Knative containerConcurrency of the app's revisions.
+    #[arg(long)]
+    concurrency: Option<u32>,
+    /// Knative autoscaling min-scale.
+    #[arg(long)]
+    min_scale: Option<u32>,
+    /// Knative autoscaling max-scale.
+    #[arg(long)]
+    max_scale: Option<u32>,
+    /// CPU request and limit (`250m`).
+    #[arg(long)]
+    cpu: Option<String>,
+    /// Memory request and limit (`256Mi`).
+    #[arg(long)]
+    memory: Option<String>,
     #[command(flatten)]
     common: Common,
 }
@@ -297,6 +352,29 @@ fn run(cli: Cli) -> Result<()> {
         Command::Worker(args) => worker(args),
         Command::Submit(args) => submit(args),
         Command::Revisions(args) => list_revisions(args),
+        Command::Deploy(args) => {
+            use kiln_queue::traffic::Operation;
+            let op = match (args.revision, args.canary, args.promote) {
+                (Some(r), None, false) => Operation::Deploy(r),
+                (None, Some(c), false) => {
+                    let (rev, pct) = c
+                        .split_once('=')
+                        .context("--canary expects REVISION=PERCENT")?;
+                    let pct: u8 = pct
+                        .parse()
+                        .with_context(|| format!("--canary {c:?}: percent must be 1-99"))?;
+                    Operation::Canary(rev.to_owned(), pct)
+                }
+                (None, None, true) => Operation::Promote,
+                _ => bail!("give one of --revision R, --canary R=PERCENT or --promote"),
+            };
+            traffic(&args.app, op, &args.out)
+        }
+        Command::Rollback(args) => traffic(
+            &args.app,
+            kiln_queue::traffic::Operation::Rollback,
+            &args.out,
+        ),
         Command::Runtime(RuntimeCommand::Publish {
             runtime,
             base,
@@ -385,6 +463,14 @@ fn submit(args: SubmitArgs) -> Result<()> {
         job_id: args
             .job_id
             .or_else(|| Some(kiln_queue::submit::new_job_id())),
+        deploy: kiln_queue::schema::DeploySettings {
+            container_concurrency: args.concurrency,
+            min_scale: args.min_scale,
+            max_scale: args.max_scale,
+            target: None,
+            cpu: args.cpu,
+            memory: args.memory,
+        },
     };
     let job_id = submission.job_id.clone().expect("set");
     runtime()?.block_on(async move {
@@ -437,28 +523,67 @@ fn submit(args: SubmitArgs) -> Result<()> {
     })
 }
 
+fn traffic(app: &str, op: kiln_queue::traffic::Operation, out: &ServiceOut) -> Result<()> {
+    runtime()?.block_on(async move {
+        let queue = kiln_queue::Queue::connect(&out.nats).await?;
+        let event = kiln_queue::traffic::apply(&queue, app, &op).await?;
+        let yaml = kiln_queue::knative::to_yaml(&event.service);
+        for t in &event.traffic.targets {
+            eprintln!(
+                "{} {}% {}",
+                t.revision,
+                t.percent,
+                t.tag.as_deref().unwrap_or("")
+            );
+        }
+        match &out.out {
+            Some(path) => {
+                std::fs::write(path, yaml).with_context(|| format!("writing {}", path.display()))?
+            }
+            None => print!("{yaml}"),
+        }
+        Ok(())
+    })
+}
+
 fn list_revisions(args: RevisionsArgs) -> Result<()> {
     runtime()?.block_on(async move {
         let queue = kiln_queue::Queue::connect(&args.nats).await?;
         let all = kiln_queue::revisions::list(&queue, &args.app).await?;
+        let traffic = kiln_queue::traffic::current(&queue, &args.app).await?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&all)?);
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"revisions": all, "traffic": traffic})
+                )?
+            );
             return Ok(());
         }
         if all.is_empty() {
-            bail!("app {}: no revisions", args.app);
+            bail!("app {:?} has no revisions", args.app);
         }
         println!(
-            "{:<24} {:<73} {:<8} {:<22} CREATED",
-            "REVISION", "IMAGE DIGEST", "RUNTIME", "BASE"
+            "{:<20} {:<19} {:<8} {:<19} {:<20} TRAFFIC",
+            "REVISION", "IMAGE DIGEST", "RUNTIME", "BASE", "CREATED"
         );
+        let short = |d: &str| d.get(..19).unwrap_or(d).to_owned();
         for r in all {
+            let share = traffic
+                .targets
+                .iter()
+                .find(|t| t.revision == r.name)
+                .map(|t| match &t.tag {
+                    Some(tag) => format!("{}% ({tag})", t.percent),
+                    None => format!("{}%", t.percent),
+                })
+                .unwrap_or_default();
             println!(
-                "{:<24} {:<73} {:<8} {:<22} {}",
+                "{:<20} {:<19} {:<8} {:<19} {:<20} {share}",
                 r.name,
-                r.digest,
+                short(&r.digest),
                 r.runtime,
-                r.base_digest.get(..19).unwrap_or(&r.base_digest),
+                short(&r.base_digest),
                 r.created
             );
         }

@@ -143,6 +143,11 @@ async fn assert_exactly_one_each(queue: &Queue, done: &BTreeMap<String, Revision
     for (app, numbers) in per_app {
         let all = kiln_queue::revisions::list(queue, app).await.unwrap();
         let recorded: BTreeSet<u64> = all.iter().map(|r| r.number).collect();
+        let by_job: Vec<(&str, &str)> = all
+            .iter()
+            .map(|r| (r.name.as_str(), r.job_id.as_str()))
+            .collect();
+        eprintln!("{app}: {by_job:?}");
         assert_eq!(
             recorded,
             (1..=numbers.len() as u64).collect::<BTreeSet<_>>(),
@@ -287,6 +292,7 @@ fn bad_jobs_fail_fast_with_a_reason_and_good_jobs_complete() {
             runtime: None,
             base: None,
             env: vec![],
+            deploy: Default::default(),
         };
         kiln_queue::submit::publish_job(&queue, &bogus)
             .await
@@ -305,6 +311,7 @@ fn bad_jobs_fail_fast_with_a_reason_and_good_jobs_complete() {
             base: None,
             env: vec![],
             job_id: Some(id.into()),
+            deploy: Default::default(),
         };
         let scratch = tmp.path().join("submit");
         submit(
@@ -409,6 +416,7 @@ fn two_workers_fifty_jobs_ten_apps_exactly_one_revision_each() {
                 base: None,
                 env: vec![],
                 job_id: Some(id.clone()),
+                deploy: Default::default(),
             };
             submit(&queue, &submission, &scratch).await.unwrap();
             jobs.push((app, id));
@@ -451,6 +459,7 @@ fn killed_workers_lose_no_job_and_double_none() {
                 base: None,
                 env: vec![],
                 job_id: Some(id.clone()),
+                deploy: Default::default(),
             };
             submit(&queue, &submission, &scratch).await.unwrap();
             jobs.push((app, id));
@@ -466,4 +475,142 @@ fn killed_workers_lose_no_job_and_double_none() {
         assert_exactly_one_each(&queue, &done).await;
     });
     drop(w1);
+}
+
+/// Submits `dir` as `app` with `job_id` and waits for its revision.
+async fn submit_and_wait(
+    queue: &Queue,
+    dir: PathBuf,
+    app: &str,
+    job_id: &str,
+    scratch: &Path,
+) -> Revision {
+    let submission = Submission {
+        dir,
+        app: app.into(),
+        runtime: None,
+        base: None,
+        env: vec![],
+        job_id: Some(job_id.into()),
+        deploy: Default::default(),
+    };
+    submit(queue, &submission, scratch).await.unwrap();
+    let done = wait_for_revisions(
+        queue,
+        &[(app.to_owned(), job_id.to_owned())],
+        Duration::from_secs(120),
+    )
+    .await;
+    done.into_values().next().unwrap()
+}
+
+#[test]
+fn deps_layer_built_by_one_worker_is_a_cache_hit_on_another() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let nats = TestNats::start();
+    let reg = TestRegistry::start();
+    let base = push_base(&reg, &npm);
+    let rt = rt();
+    let scratch = tmp.path().join("submit");
+    let express = root().join("fixtures/app-express");
+    let queue = rt.block_on(Queue::connect(&nats.url)).unwrap();
+
+    let w1 = worker(&nats, &reg, &base, &tmp.path().join("c1"), &npm, &[]);
+    let first = rt.block_on(submit_and_wait(
+        &queue,
+        express.clone(),
+        "expa",
+        "exp-a",
+        &scratch,
+    ));
+    drop(w1);
+    let deps = first.layers.iter().find(|l| l.kind == "deps").unwrap();
+    assert!(!deps.cache_hit, "first build should make the deps layer");
+
+    // A second worker with an empty cache: the deps layer comes from the shared cache.
+    let c2 = tmp.path().join("c2");
+    let _w2 = worker(&nats, &reg, &base, &c2, &npm, &[]);
+    let second = rt.block_on(submit_and_wait(&queue, express, "expb", "exp-b", &scratch));
+    let deps2 = second.layers.iter().find(|l| l.kind == "deps").unwrap();
+    assert_eq!(deps2.digest, deps.digest);
+    assert!(deps2.cache_hit, "{second:?}");
+    let hex = deps.digest.strip_prefix("sha256:").unwrap();
+    assert!(
+        !c2.join("blobs/sha256").join(hex).exists(),
+        "worker 2 made or downloaded the deps layer"
+    );
+    let app = run(&pull_and_unpack(
+        &second.image,
+        None,
+        &tmp.path().join("run"),
+    ));
+    let (status, body) = http(&app, "GET", "/users/7", None);
+    assert_eq!((status, body.as_str()), (200, r#"{"id":"7"}"#));
+}
+
+#[test]
+fn queue_drains_across_nats_and_registry_restarts_and_sigterm_stops_a_worker() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let mut nats = TestNats::start();
+    let mut reg = TestRegistry::start();
+    let base = push_base(&reg, &npm);
+    let mut w1 = worker(&nats, &reg, &base, &tmp.path().join("w1"), &npm, &[]);
+    let _w2 = worker(&nats, &reg, &base, &tmp.path().join("w2"), &npm, &[]);
+    let rt = rt();
+    // The registry is down while the jobs arrive: every push fails and is retried.
+    reg.down();
+    let jobs = rt.block_on(async {
+        let queue = Queue::connect(&nats.url).await.unwrap();
+        let scratch = tmp.path().join("submit");
+        let mut jobs = Vec::new();
+        for i in 0..40 {
+            let app = format!("rs{}", i % 4);
+            let dir = app_variant(tmp.path(), &format!("r{i}"), &format!("r {i}"));
+            let id = format!("restart-{i}");
+            let submission = Submission {
+                dir,
+                app: app.clone(),
+                runtime: None,
+                base: None,
+                env: vec![],
+                job_id: Some(id.clone()),
+                deploy: Default::default(),
+            };
+            submit(&queue, &submission, &scratch).await.unwrap();
+            jobs.push((app, id));
+        }
+        jobs
+    });
+    // NATS restarts with the queue still full, then the registry comes back.
+    nats.down();
+    std::thread::sleep(Duration::from_millis(500));
+    nats.up();
+    std::thread::sleep(Duration::from_millis(300));
+    reg.up();
+    rt.block_on(async {
+        let queue = Queue::connect(&nats.url).await.unwrap();
+        let done = wait_for_revisions(&queue, &jobs, Duration::from_secs(240)).await;
+        assert_exactly_one_each(&queue, &done).await;
+    });
+
+    // SIGTERM: the worker stops taking jobs and exits cleanly.
+    let pid = w1.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = w1.child.try_wait().unwrap() {
+            assert!(status.success(), "worker exit after SIGTERM: {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "worker ignored SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -15,7 +15,8 @@ use serde_json::json;
 
 use crate::host_base::{LABEL_LIBC, LABEL_NODE_ABI, host_base};
 use crate::image::{Base, rfc3339};
-use crate::{BuildError, Progress, Result, Step, npm};
+use crate::shared::{NoSharedLayers, SharedLayers};
+use crate::{BuildError, Progress, Result, Step, npm, seen};
 
 /// Manifest annotation: the runtime an image was built for.
 pub const ANNOTATION_RUNTIME: &str = "dev.kiln.runtime";
@@ -96,6 +97,15 @@ impl Built {
 
 /// Builds the image `request` describes, reporting steps to `progress`.
 pub fn build(request: &BuildRequest, progress: &dyn Progress) -> Result<Built> {
+    build_with(request, progress, &NoSharedLayers)
+}
+
+/// [`build`], looking dependency layers up in `shared` when the local cache misses.
+pub fn build_with(
+    request: &BuildRequest,
+    progress: &dyn Progress,
+    shared: &dyn SharedLayers,
+) -> Result<Built> {
     let source = &request.source;
     if !source.is_dir() {
         return Err(kiln_layers::Error::SourceMissing(source.clone()).into());
@@ -132,6 +142,7 @@ pub fn build(request: &BuildRequest, progress: &dyn Progress) -> Result<Built> {
                     detail: format!("{name}, in the runtime base"),
                     descriptor: top.clone(),
                     cache_hit: true,
+                    cache_key: None,
                 });
             }
         }
@@ -163,6 +174,7 @@ pub fn build(request: &BuildRequest, progress: &dyn Progress) -> Result<Built> {
         &platform,
         &epoch,
         progress,
+        shared,
     )?;
     if let Some((layer, key, detail)) = &deps_key {
         layers.push((
@@ -193,6 +205,7 @@ pub fn build(request: &BuildRequest, progress: &dyn Progress) -> Result<Built> {
         detail: format!("{} entries", tree.entries().len()),
         descriptor: app_layer.descriptor.clone(),
         cache_hit: hit,
+        cache_key: Some(app_key.digest()),
     });
     layers.push((app_layer, "kiln app".into()));
 
@@ -364,6 +377,7 @@ fn runtime_layer(runtime: &Runtime, cache: &LayerCache, progress: &dyn Progress)
         detail: runtime.name.clone(),
         descriptor: layer.descriptor.clone(),
         cache_hit: hit,
+        cache_key: Some(key.digest()),
     });
     Ok(layer)
 }
@@ -378,6 +392,7 @@ fn deps_layer(
     platform: &str,
     epoch: &str,
     progress: &dyn Progress,
+    shared: &dyn SharedLayers,
 ) -> Result<Option<(Layer, Digest, String)>> {
     let key = CacheKey::new("deps")
         .with("runtime", runtime)
@@ -425,14 +440,25 @@ fn deps_layer(
         } else {
             return Ok(None);
         };
-    let (layer, hit) = cached_layer(cache, &key, layer_of)?;
+    let (layer, hit, detail) = if let Some(layer) = cache.get(&key) {
+        (layer, true, detail.to_owned())
+    } else if let Some(found) = shared.get(&key.digest()) {
+        // Made and pushed by another machine: the push mounts it from there.
+        seen::record(store, &found.layer.descriptor.digest, &found.repository);
+        (found.layer, true, format!("{detail}, shared cache"))
+    } else {
+        let layer = layer_of()?;
+        cache.put(&key, &layer)?;
+        (layer, false, detail.to_owned())
+    };
     progress.step(Step::Layer {
         kind: "deps",
-        detail: detail.into(),
+        detail: detail.clone(),
         descriptor: layer.descriptor.clone(),
         cache_hit: hit,
+        cache_key: Some(key.digest()),
     });
-    Ok(Some((layer, key.digest(), detail.into())))
+    Ok(Some((layer, key.digest(), detail)))
 }
 
 fn modules_layer(tree: &SourceTree, epoch: &str) -> LayerBuilder {

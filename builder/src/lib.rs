@@ -13,8 +13,9 @@ pub mod pull;
 pub mod push;
 pub mod registry;
 pub mod seen;
+pub mod shared;
 
-pub use build::{BaseSource, BuildRequest, Built, build, build_runtime_base};
+pub use build::{BaseSource, BuildRequest, Built, build, build_runtime_base, build_with};
 pub use error::{BuildError, Result};
 pub use kiln_runtimes::NAMES as RUNTIME_NAMES;
 pub use progress::{Progress, Quiet, Step};

@@ -33,6 +33,8 @@ pub enum Step {
         descriptor: Descriptor,
         /// True when the cache had it.
         cache_hit: bool,
+        /// The cache key it is stored under, when it is cached by key.
+        cache_key: Option<kiln_layers::Digest>,
     },
     /// Running `npm ci` (can take a while).
     Installing,
@@ -58,6 +60,7 @@ impl fmt::Display for Step {
                 detail,
                 descriptor,
                 cache_hit,
+                ..
             } => write!(
                 f,
                 "{kind} layer: {} {} bytes, {}{detail}",

@@ -1,12 +1,15 @@
 //! kiln on NATS JetStream: versioned job, event and revision schemas; the streams, stores and
 //! consumer; `submit`; the build worker with exactly one revision per job id; revision records.
 
+pub mod knative;
+pub mod layer_cache;
 pub mod metrics;
 pub mod nats;
 pub mod revisions;
 pub mod schema;
 pub mod source;
 pub mod submit;
+pub mod traffic;
 pub mod worker;
 
 pub use nats::{NatsError, Queue};

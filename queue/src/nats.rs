@@ -8,6 +8,7 @@
 //! | `KILN_EVENTS` on `kiln.events.>` | limits stream (age) of job events |
 //! | `KILN_REVISIONS` on `kiln.revisions.>` | what the deployer consumes |
 //! | `kiln-revisions` | KV: revision records and indexes |
+//! | `kiln-layer-cache` | KV: layer cache key → layer descriptor and repository |
 
 use std::time::Duration;
 
@@ -27,6 +28,8 @@ pub const EVENTS_STREAM: &str = "KILN_EVENTS";
 pub const REVISIONS_STREAM: &str = "KILN_REVISIONS";
 /// KV of revisions.
 pub const REVISIONS_BUCKET: &str = "kiln-revisions";
+/// KV of layers shared between workers (cache key → layer and repository).
+pub const LAYER_CACHE_BUCKET: &str = "kiln-layer-cache";
 /// How long a repeated job id is recognised as a duplicate.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// Deliveries before a job is given up.
@@ -72,6 +75,23 @@ pub struct Queue {
     pub revisions: kv::Store,
     /// Source tarballs.
     pub sources: object_store::ObjectStore,
+    /// Layers shared between workers.
+    pub layer_cache: kv::Store,
+}
+
+/// The KV bucket `bucket`, created (file storage, history 1) when missing.
+async fn key_value(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, NatsError> {
+    if let Ok(kv) = js.get_key_value(bucket).await {
+        return Ok(kv);
+    }
+    js.create_key_value(kv::Config {
+        bucket: bucket.into(),
+        history: 1,
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .map_err(nats_err(format!("create KV {bucket}")))
 }
 
 impl Queue {
@@ -113,18 +133,8 @@ impl Queue {
         })
         .await
         .map_err(nats_err("create stream KILN_REVISIONS"))?;
-        let revisions = match js.get_key_value(REVISIONS_BUCKET).await {
-            Ok(kv) => kv,
-            Err(_) => js
-                .create_key_value(kv::Config {
-                    bucket: REVISIONS_BUCKET.into(),
-                    history: 1,
-                    storage: stream::StorageType::File,
-                    ..Default::default()
-                })
-                .await
-                .map_err(nats_err("create KV kiln-revisions"))?,
-        };
+        let revisions = key_value(&js, REVISIONS_BUCKET).await?;
+        let layer_cache = key_value(&js, LAYER_CACHE_BUCKET).await?;
         let sources = match js.get_object_store(SOURCES_BUCKET).await {
             Ok(store) => store,
             Err(_) => js
@@ -141,6 +151,7 @@ impl Queue {
             js,
             revisions,
             sources,
+            layer_cache,
         })
     }
 

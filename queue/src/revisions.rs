@@ -137,6 +137,74 @@ pub async fn index(
     Ok(())
 }
 
+/// How long a claim to record a job's revision is honoured: recording takes milliseconds, so
+/// an older claim belongs to a worker that died in between.
+const CLAIM_STALE_SECS: u64 = 60;
+
+/// The outcome of [`record`].
+pub enum Recorded {
+    /// The job's revision (new, or recorded earlier by another attempt).
+    Done(Box<Revision>),
+    /// Another attempt of this job is recording its revision right now: try again shortly.
+    Busy,
+}
+
+/// Records `revision` as the one revision of its job: claims the job (`claim.<job_id>`, one
+/// atomic create), checks that no earlier attempt recorded it, then takes the next number and
+/// writes the indexes. Two attempts of one job (a redelivery while the first still runs) get
+/// the same revision.
+pub async fn record(
+    queue: &Queue,
+    revision: Revision,
+    inputs_key: Option<&str>,
+) -> Result<Recorded, NatsError> {
+    let key = format!("claim.{}", revision.job_id);
+    let now_secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let claim = Bytes::from(now_secs.to_string());
+    match queue.revisions.create(&key, claim.clone()).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+            if let Some(done) = by_job(queue, &revision.app, &revision.job_id, true).await? {
+                return Ok(Recorded::Done(Box::new(done)));
+            }
+            let entry = queue
+                .revisions
+                .entry(&key)
+                .await
+                .map_err(nats_err("read claim"))?;
+            let Some(entry) = entry else {
+                return Ok(Recorded::Busy);
+            };
+            let claimed_at: u64 = std::str::from_utf8(&entry.value)
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            if now_secs.saturating_sub(claimed_at) < CLAIM_STALE_SECS {
+                return Ok(Recorded::Busy);
+            }
+            // The claimer died before recording: take the claim over (compare-and-set).
+            if queue
+                .revisions
+                .update(&key, claim, entry.revision)
+                .await
+                .is_err()
+            {
+                return Ok(Recorded::Busy);
+            }
+            if let Some(done) = by_job(queue, &revision.app, &revision.job_id, true).await? {
+                return Ok(Recorded::Done(Box::new(done)));
+            }
+        }
+        Err(e) => return Err(nats_err("claim job")(e)),
+    }
+    let revision = allocate(queue, revision).await?;
+    index(queue, &revision, inputs_key).await?;
+    Ok(Recorded::Done(Box::new(revision)))
+}
+
 /// Records `revision` under the next free number of its app (setting `number` and `name`).
 pub async fn allocate(queue: &Queue, mut revision: Revision) -> Result<Revision, NatsError> {
     let app = revision.app.clone();

@@ -27,6 +27,69 @@ pub struct BuildJob {
     /// Extra `KEY=value` environment for the image.
     #[serde(default)]
     pub env: Vec<String>,
+    /// Resources, concurrency and scaling for the rendered Knative Service.
+    #[serde(default)]
+    pub deploy: DeploySettings,
+}
+
+/// How a revision runs on Knative: concurrency, scale bounds, resources.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeploySettings {
+    /// `containerConcurrency` (0 = unlimited).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container_concurrency: Option<u32>,
+    /// `autoscaling.knative.dev/min-scale`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_scale: Option<u32>,
+    /// `autoscaling.knative.dev/max-scale`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_scale: Option<u32>,
+    /// `autoscaling.knative.dev/target` (concurrent requests per replica).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<u32>,
+    /// CPU request and limit, a Kubernetes quantity (`250m`, `1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
+    /// Memory request and limit, a Kubernetes quantity (`256Mi`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<String>,
+}
+
+impl DeploySettings {
+    /// Checks the quantities and bounds.
+    pub fn validate(&self) -> Result<(), InvalidJob> {
+        for (field, value) in [("deploy.cpu", &self.cpu), ("deploy.memory", &self.memory)] {
+            if let Some(v) = value
+                && !is_quantity(v)
+            {
+                return Err(invalid(
+                    field,
+                    format!("{v:?} is not a Kubernetes quantity (e.g. 250m, 1, 256Mi)"),
+                ));
+            }
+        }
+        if let (Some(min), Some(max)) = (self.min_scale, self.max_scale)
+            && min > max
+        {
+            return Err(invalid(
+                "deploy.min_scale",
+                format!("{min} is above max_scale {max}"),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `<digits>[.<digits>][suffix]` with a Kubernetes suffix.
+fn is_quantity(v: &str) -> bool {
+    let number_end = v
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(v.len());
+    let (number, suffix) = v.split_at(number_end);
+    !number.is_empty()
+        && number.parse::<f64>().is_ok()
+        && ["", "m", "k", "M", "G", "T", "Ki", "Mi", "Gi", "Ti"].contains(&suffix)
 }
 
 /// Why a job is not acceptable, naming the field.
@@ -97,6 +160,7 @@ impl BuildJob {
             kiln_builder::registry::parse_reference(base)
                 .map_err(|e| invalid("base", e.to_string()))?;
         }
+        self.deploy.validate()?;
         for kv in &self.env {
             let key = kv.split_once('=').map(|(k, _)| k).unwrap_or("");
             let ok = !key.is_empty()
@@ -248,6 +312,9 @@ pub struct Revision {
     pub env: Vec<String>,
     /// Container port.
     pub port: u16,
+    /// Knative settings from the job.
+    #[serde(default)]
+    pub deploy: DeploySettings,
     /// Layers, bottom first, with cache hits.
     pub layers: Vec<LayerRecord>,
     /// Milliseconds spent: build, push, total.
@@ -294,6 +361,7 @@ mod tests {
             runtime: Some("faas".into()),
             base: Some("127.0.0.1:5000/base/node:20".into()),
             env: vec!["A=1".into()],
+            deploy: DeploySettings::default(),
         }
     }
 
@@ -315,6 +383,14 @@ mod tests {
             ("runtime", Box::new(|j| j.runtime = Some("cobol".into()))),
             ("base", Box::new(|j| j.base = Some("Bad Ref".into()))),
             ("env", Box::new(|j| j.env = vec!["1X=2".into()])),
+            (
+                "deploy.cpu",
+                Box::new(|j| j.deploy.cpu = Some("lots".into())),
+            ),
+            (
+                "deploy.memory",
+                Box::new(|j| j.deploy.memory = Some("1 Gi".into())),
+            ),
         ];
         for (field, spoil) in cases {
             let mut j = job();

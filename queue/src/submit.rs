@@ -26,6 +26,8 @@ pub struct Submission {
     pub env: Vec<String>,
     /// Job id; random when absent.
     pub job_id: Option<String>,
+    /// Knative settings.
+    pub deploy: crate::schema::DeploySettings,
 }
 
 /// Why a submission failed.
@@ -89,6 +91,7 @@ pub async fn submit(
         runtime: submission.runtime.clone(),
         base: submission.base.clone(),
         env: submission.env.clone(),
+        deploy: submission.deploy.clone(),
     };
     job.validate()?;
     let duplicate = publish_job(queue, &job).await?;

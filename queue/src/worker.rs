@@ -383,12 +383,15 @@ async fn process(
         cache_dir: cache_dir.clone(),
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<Step>();
+    let shared =
+        crate::layer_cache::KvLayers::new(queue.clone(), tokio::runtime::Handle::current());
     let build = tokio::task::spawn_blocking(move || {
         let progress = move |step: Step| {
             let _ = tx.send(step);
         };
-        kiln_builder::build(&request, &progress)
+        kiln_builder::build_with(&request, &progress, &shared)
     });
+    let mut made_deps = Vec::new();
     let mut layers = Vec::new();
     let mut runtime = String::new();
     let mut base_name = String::new();
@@ -398,9 +401,16 @@ async fn process(
                 kind,
                 descriptor,
                 cache_hit,
+                cache_key,
                 ..
             } => {
                 ctx.metrics.layer(*cache_hit);
+                if *kind == "deps"
+                    && !*cache_hit
+                    && let Some(key) = cache_key
+                {
+                    made_deps.push((key.clone(), descriptor.clone()));
+                }
                 layers.push(LayerRecord {
                     kind: (*kind).to_owned(),
                     digest: descriptor.digest.to_string(),
@@ -467,6 +477,7 @@ async fn process(
             .map_err(|e| JobError::Transient(e.to_string()))?,
     )
     .map_err(|e| JobError::Transient(e.to_string()))?;
+    share_deps_layers(ctx, &built, &manifest, &made_deps, &target).await;
     let annotation = |key: &str| manifest.annotations.get(key).cloned().unwrap_or_default();
     let base_layers = manifest.layers.len().saturating_sub(layers.len());
     let mut all_layers: Vec<LayerRecord> = manifest.layers[..base_layers]
@@ -498,6 +509,7 @@ async fn process(
         source_object: job.source.clone(),
         env: job.env.clone(),
         port: 8080,
+        deploy: job.deploy.clone(),
         layers: all_layers,
         timings_ms: Timings {
             build: build_ms,
@@ -506,8 +518,14 @@ async fn process(
         },
         created: now(),
     };
-    let revision = revisions::allocate(queue, revision).await?;
-    revisions::index(queue, &revision, Some(inputs_key)).await?;
+    let revision = match revisions::record(queue, revision, Some(inputs_key)).await? {
+        revisions::Recorded::Done(revision) => *revision,
+        revisions::Recorded::Busy => {
+            return Err(JobError::Transient(
+                "another attempt of this job is recording its revision".into(),
+            ));
+        }
+    };
     queue
         .publish(
             nats::revisions_subject(&revision.app),
@@ -515,6 +533,49 @@ async fn process(
         )
         .await?;
     Ok(revision)
+}
+
+/// Records the dependency layers this job made (now pushed to `target`'s repository) in the
+/// shared layer cache, so other workers mount them instead of building them.
+async fn share_deps_layers(
+    ctx: &Ctx,
+    built: &kiln_builder::Built,
+    manifest: &kiln_layers::ImageManifest,
+    made: &[(kiln_layers::Digest, kiln_layers::Descriptor)],
+    target: &str,
+) {
+    if made.is_empty() {
+        return;
+    }
+    let Ok(config) = built
+        .store
+        .read_blob(&manifest.config.digest)
+        .map_err(|e| e.to_string())
+        .and_then(|b| {
+            serde_json::from_slice::<kiln_layers::ImageConfig>(&b).map_err(|e| e.to_string())
+        })
+    else {
+        return;
+    };
+    let repository = target.rsplit_once(':').map(|(r, _)| r).unwrap_or(target);
+    for (key, descriptor) in made {
+        let Some(index) = manifest.layers.iter().position(|l| l == descriptor) else {
+            continue;
+        };
+        let Some(diff_id) = config.rootfs.diff_ids.get(index) else {
+            continue;
+        };
+        let shared = kiln_builder::shared::SharedLayer {
+            layer: kiln_layers::Layer {
+                descriptor: descriptor.clone(),
+                diff_id: diff_id.clone(),
+            },
+            repository: repository.to_owned(),
+        };
+        if let Err(e) = crate::layer_cache::record(&ctx.queue, key, &shared).await {
+            tracing::warn!("{e}");
+        }
+    }
 }
 
 /// Removes jobs that ran out of deliveries (a worker died on each) from the work queue and
