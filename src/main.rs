@@ -43,6 +43,41 @@ enum Command {
     Deploy(DeployArgs),
     /// Send all traffic back to the revision deployed before the current one; no rebuild.
     Rollback(RollbackArgs),
+    /// Move an app (or every app on a runtime) onto a new runtime base: manifest and config
+    /// rewritten, app layers untouched, a new revision each.
+    Rebase(RebaseArgs),
+}
+
+#[derive(clap::Args)]
+struct RebaseArgs {
+    /// The app to rebase (its latest revision, or --revision).
+    #[arg(required_unless_present = "runtime", conflicts_with = "runtime")]
+    app: Option<String>,
+    /// The new runtime base (or base) image for APP.
+    #[arg(long, requires = "app")]
+    runtime_base: Option<String>,
+    /// The revision of APP to rebase [default: its latest].
+    #[arg(long, requires = "app")]
+    revision: Option<String>,
+    /// Rebase every app whose latest revision runs on this runtime, as jobs on the queue.
+    #[arg(long, requires = "to")]
+    runtime: Option<String>,
+    /// With --runtime: the new runtime base.
+    #[arg(long)]
+    to: Option<String>,
+    /// With --runtime: give up waiting after this many seconds.
+    #[arg(long, default_value_t = 600)]
+    timeout_secs: u64,
+    /// Print the new revision(s) as JSON.
+    #[arg(long)]
+    json: bool,
+    /// NATS server URL.
+    #[arg(long, env = "KILN_NATS", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    #[command(flatten)]
+    registry_args: RegistryArgs,
+    #[command(flatten)]
+    common: Common,
 }
 
 #[derive(clap::Args)]
@@ -370,6 +405,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             traffic(&args.app, op, &args.out)
         }
+        Command::Rebase(args) => rebase(args),
         Command::Rollback(args) => traffic(
             &args.app,
             kiln_queue::traffic::Operation::Rollback,
@@ -521,6 +557,138 @@ fn submit(args: SubmitArgs) -> Result<()> {
             _ => unreachable!("follow returns a revision or a failure"),
         }
     })
+}
+
+fn rebase(args: RebaseArgs) -> Result<()> {
+    let platform = match &args.registry_args.platform {
+        Some(p) => parse_platform(p)?,
+        None => host_platform(),
+    };
+    let cache_dir = cache_dir(args.common.cache_dir.clone())?;
+    let registry = args.registry_args.registry();
+    runtime()?.block_on(async move {
+        let queue = kiln_queue::Queue::connect(&args.nats).await?;
+        if let (Some(runtime), Some(to)) = (&args.runtime, &args.to) {
+            return rebase_runtime(&queue, runtime, to, args.timeout_secs, args.json).await;
+        }
+        let app = args.app.as_deref().expect("clap requires APP");
+        let base = args
+            .runtime_base
+            .as_deref()
+            .context("give --runtime-base REF")?;
+        let old = match &args.revision {
+            Some(r) => kiln_queue::revisions::by_name(&queue, r).await?,
+            None => {
+                let n = kiln_queue::revisions::latest_number(&queue, app).await?;
+                kiln_queue::revisions::get(&queue, app, n).await?
+            }
+        }
+        .with_context(|| format!("app {app:?} has no such revision"))?;
+        let job = kiln_queue::rebase::job_for(&old, base);
+        let store = kiln_layers::BlobStore::open_or_create(&cache_dir)?;
+        let revision = kiln_queue::rebase::rebase_revision(
+            &queue,
+            &registry,
+            &store,
+            &platform,
+            &job,
+            std::time::Instant::now(),
+        )
+        .await?;
+        eprintln!(
+            "{} -> {}: {} on {}",
+            old.name, revision.name, revision.image, revision.base
+        );
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&revision)?);
+        } else {
+            println!("{}", revision.name);
+        }
+        Ok(())
+    })
+}
+
+/// Queues a rebase job for every app on `runtime` and follows them to the end.
+async fn rebase_runtime(
+    queue: &kiln_queue::Queue,
+    runtime: &str,
+    to: &str,
+    timeout_secs: u64,
+    json: bool,
+) -> Result<()> {
+    use futures_util::StreamExt;
+    use kiln_queue::EventKind;
+    let started = std::time::Instant::now();
+    let apps = kiln_queue::rebase::apps_on_runtime(queue, runtime).await?;
+    if apps.is_empty() {
+        bail!("no app's latest revision runs on runtime {runtime:?}");
+    }
+    let mut events = queue
+        .client
+        .subscribe("kiln.events.>")
+        .await
+        .context("subscribing to events")?;
+    let mut pending = std::collections::BTreeMap::new();
+    for revision in &apps {
+        let job = kiln_queue::rebase::job_for(revision, to);
+        kiln_queue::rebase::publish(queue, &job).await?;
+        pending.insert(job.job_id.clone(), revision.name.clone());
+    }
+    eprintln!("queued {} rebase jobs onto {to}", pending.len());
+    let total = pending.len();
+    let mut done = Vec::new();
+    let mut failed = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
+    while !pending.is_empty() {
+        let Ok(Some(message)) = tokio::time::timeout_at(deadline, events.next()).await else {
+            bail!(
+                "{} of {total} rebase jobs unfinished after {timeout_secs} s",
+                pending.len()
+            );
+        };
+        let Ok(event) = serde_json::from_slice::<kiln_queue::Event>(&message.payload) else {
+            continue;
+        };
+        let Some(from) = pending.get(&event.job_id).cloned() else {
+            continue;
+        };
+        match event.kind {
+            EventKind::Revision { revision } => {
+                pending.remove(&event.job_id);
+                eprintln!(
+                    "[{}/{total}] {from} -> {}",
+                    done.len() + failed.len() + 1,
+                    revision.name
+                );
+                done.push(*revision);
+            }
+            EventKind::Failed {
+                reason,
+                retryable: false,
+            } => {
+                pending.remove(&event.job_id);
+                eprintln!(
+                    "[{}/{total}] {from} failed: {reason}",
+                    done.len() + failed.len() + 1
+                );
+                failed.push((from, reason));
+            }
+            _ => {}
+        }
+    }
+    eprintln!(
+        "rebased {} of {total} apps on {runtime} in {:.2} s; {} failed",
+        done.len(),
+        started.elapsed().as_secs_f64(),
+        failed.len()
+    );
+    if json {
+        println!("{}", serde_json::to_string_pretty(&done)?);
+    }
+    if !failed.is_empty() {
+        bail!("{} rebase jobs failed", failed.len());
+    }
+    Ok(())
 }
 
 fn traffic(app: &str, op: kiln_queue::traffic::Operation, out: &ServiceOut) -> Result<()> {

@@ -11,6 +11,7 @@ pub mod output;
 pub mod progress;
 pub mod pull;
 pub mod push;
+pub mod rebase;
 pub mod registry;
 pub mod seen;
 pub mod shared;

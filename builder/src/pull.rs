@@ -61,6 +61,27 @@ pub async fn pull_image(
     platform: &Platform,
     store: &BlobStore,
 ) -> Result<(String, Descriptor, bool)> {
+    pull(registry, reference, platform, store, true).await
+}
+
+/// Like [`pull_image`] but only the manifest and config: the layers stay in the registry
+/// (noted as seen there, so a push to another repository mounts them).
+pub async fn pull_metadata(
+    registry: &Registry,
+    reference: &str,
+    platform: &Platform,
+    store: &BlobStore,
+) -> Result<(String, Descriptor, bool)> {
+    pull(registry, reference, platform, store, false).await
+}
+
+async fn pull(
+    registry: &Registry,
+    reference: &str,
+    platform: &Platform,
+    store: &BlobStore,
+    with_layers: bool,
+) -> Result<(String, Descriptor, bool)> {
     let image = parse_reference(reference)?;
     let name = image.whole();
     let bad = |problem: String| BuildError::Base {
@@ -115,7 +136,7 @@ pub async fn pull_image(
         .chain(&manifest.layers)
         .all(|d| store.contains(&d.digest));
     let missing: Vec<Descriptor> = std::iter::once(&manifest.config)
-        .chain(&manifest.layers)
+        .chain(manifest.layers.iter().filter(|_| with_layers))
         .filter(|d| !store.contains(&d.digest))
         .cloned()
         .collect();

@@ -5,6 +5,7 @@ pub mod knative;
 pub mod layer_cache;
 pub mod metrics;
 pub mod nats;
+pub mod rebase;
 pub mod revisions;
 pub mod schema;
 pub mod source;

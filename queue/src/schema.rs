@@ -177,6 +177,91 @@ impl BuildJob {
     }
 }
 
+/// A rebase job: published on `kiln.jobs.rebase.<app>`; moves a revision's image onto a new
+/// runtime base (manifest and config rewritten, app layers untouched) as a new revision.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RebaseJob {
+    /// Always [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// Unique id.
+    pub job_id: String,
+    /// App name.
+    pub app: String,
+    /// The revision to rebase (`<app>-<NNNNN>`); the app's latest when absent.
+    #[serde(default)]
+    pub revision: Option<String>,
+    /// The new base or runtime base image reference.
+    pub base: String,
+}
+
+impl RebaseJob {
+    /// Checks every field.
+    pub fn validate(&self) -> Result<(), InvalidJob> {
+        if self.schema_version != SCHEMA_VERSION {
+            return Err(invalid(
+                "schema_version",
+                format!(
+                    "{} is not supported (expected {SCHEMA_VERSION})",
+                    self.schema_version
+                ),
+            ));
+        }
+        validate_job_id(&self.job_id)?;
+        validate_app(&self.app)?;
+        if let Some(r) = &self.revision
+            && !r.starts_with(&format!("{}-", self.app))
+        {
+            return Err(invalid(
+                "revision",
+                format!("{r:?} is not a revision of {}", self.app),
+            ));
+        }
+        kiln_builder::registry::parse_reference(&self.base)
+            .map_err(|e| invalid("base", e.to_string()))?;
+        Ok(())
+    }
+}
+
+/// Any job on the queue.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Job {
+    /// Build an app's source.
+    Build(BuildJob),
+    /// Rebase a revision.
+    Rebase(RebaseJob),
+}
+
+impl Job {
+    /// Parses and validates the job published on `subject`.
+    pub fn parse(subject: &str, payload: &[u8]) -> Result<Job, InvalidJob> {
+        if subject.starts_with("kiln.jobs.rebase.") {
+            let job: RebaseJob = serde_json::from_slice(payload)
+                .map_err(|e| invalid("payload", format!("not a rebase job: {e}")))?;
+            job.validate()?;
+            Ok(Job::Rebase(job))
+        } else {
+            Ok(Job::Build(BuildJob::parse(payload)?))
+        }
+    }
+
+    /// The job id.
+    pub fn job_id(&self) -> &str {
+        match self {
+            Job::Build(j) => &j.job_id,
+            Job::Rebase(j) => &j.job_id,
+        }
+    }
+
+    /// The app.
+    pub fn app(&self) -> &str {
+        match self {
+            Job::Build(j) => &j.app,
+            Job::Rebase(j) => &j.app,
+        }
+    }
+}
+
 /// Job ids: 1–64 of `A-Za-z0-9_-` (they are NATS subject tokens and KV keys).
 pub fn validate_job_id(id: &str) -> Result<(), InvalidJob> {
     if id.is_empty()

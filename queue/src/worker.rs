@@ -23,7 +23,7 @@ use tokio::sync::{Semaphore, mpsc};
 use crate::metrics::Metrics;
 use crate::nats::{self, MAX_DELIVER, NatsError, Queue};
 use crate::schema::{
-    BuildJob, Event, EventKind, LayerRecord, Revision, SCHEMA_VERSION, Timings, now,
+    BuildJob, Event, EventKind, Job, LayerRecord, RebaseJob, Revision, SCHEMA_VERSION, Timings, now,
 };
 use crate::{revisions, source};
 
@@ -162,7 +162,7 @@ async fn handle(ctx: &Ctx, message: jetstream::Message) {
     let delivered = message.info().map(|i| i.delivered).unwrap_or(1).max(1) as u64;
     let message = Arc::new(message);
     ctx.metrics.started();
-    let job = match BuildJob::parse(&message.payload) {
+    let job = match Job::parse(&message.subject, &message.payload) {
         Ok(job) => job,
         Err(err) => {
             let id = message
@@ -190,8 +190,8 @@ async fn handle(ctx: &Ctx, message: jetstream::Message) {
     };
     event(
         ctx,
-        &job.job_id,
-        Some(&job.app),
+        job.job_id(),
+        Some(job.app()),
         EventKind::Building {
             worker: ctx.opts.name.clone(),
             attempt: delivered,
@@ -208,15 +208,18 @@ async fn handle(ctx: &Ctx, message: jetstream::Message) {
             }
         })
     };
-    let result = process(ctx, &job, delivered, started).await;
+    let result = match &job {
+        Job::Build(build) => process(ctx, build, delivered, started).await,
+        Job::Rebase(rebase) => process_rebase(ctx, rebase, started).await,
+    };
     heartbeat.abort();
     match result {
         Ok(revision) => {
             ctx.metrics.succeeded(started.elapsed());
-            let app = job.app.clone();
+            let app = job.app().to_owned();
             event(
                 ctx,
-                &job.job_id,
+                job.job_id(),
                 Some(&app),
                 EventKind::Revision {
                     revision: Box::new(revision),
@@ -224,16 +227,16 @@ async fn handle(ctx: &Ctx, message: jetstream::Message) {
             )
             .await;
             if let Err(e) = message.double_ack().await {
-                tracing::warn!("ack of job {}: {e}", job.job_id);
+                tracing::warn!("ack of job {}: {e}", job.job_id());
             }
         }
         Err(JobError::Permanent(reason)) => {
-            tracing::warn!("job {} failed: {reason}", job.job_id);
+            tracing::warn!("job {} failed: {reason}", job.job_id());
             ctx.metrics.failed();
             event(
                 ctx,
-                &job.job_id,
-                Some(&job.app),
+                job.job_id(),
+                Some(job.app()),
                 EventKind::Failed {
                     reason,
                     retryable: false,
@@ -246,15 +249,15 @@ async fn handle(ctx: &Ctx, message: jetstream::Message) {
             let last = delivered >= MAX_DELIVER as u64;
             tracing::warn!(
                 "job {} attempt {delivered} failed: {reason}{}",
-                job.job_id,
+                job.job_id(),
                 if last { " (giving up)" } else { "" }
             );
             if last {
                 ctx.metrics.failed();
                 event(
                     ctx,
-                    &job.job_id,
-                    Some(&job.app),
+                    job.job_id(),
+                    Some(job.app()),
                     EventKind::Failed {
                         reason: format!("gave up after {delivered} attempts: {reason}"),
                         retryable: false,
@@ -266,8 +269,8 @@ async fn handle(ctx: &Ctx, message: jetstream::Message) {
                 ctx.metrics.retried();
                 event(
                     ctx,
-                    &job.job_id,
-                    Some(&job.app),
+                    job.job_id(),
+                    Some(job.app()),
                     EventKind::Failed {
                         reason,
                         retryable: true,
@@ -535,6 +538,33 @@ async fn process(
     Ok(revision)
 }
 
+/// A rebase job: the revision's image onto the new base, recorded as a new revision.
+async fn process_rebase(
+    ctx: &Ctx,
+    job: &RebaseJob,
+    started: Instant,
+) -> Result<Revision, JobError> {
+    let store = kiln_layers::BlobStore::open_or_create(&ctx.opts.cache_dir)
+        .map_err(|e| JobError::Transient(e.to_string()))?;
+    crate::rebase::rebase_revision(
+        &ctx.queue,
+        &ctx.opts.registry,
+        &store,
+        &ctx.opts.platform,
+        job,
+        started,
+    )
+    .await
+    .map_err(|e| match e {
+        crate::rebase::RebaseError::Build(b) => JobError::from(b),
+        crate::rebase::RebaseError::Nats(n) => JobError::Transient(n.to_string()),
+        crate::rebase::RebaseError::Busy => {
+            JobError::Transient("another attempt of this job is recording its revision".into())
+        }
+        other => JobError::Permanent(other.to_string()),
+    })
+}
+
 /// Records the dependency layers this job made (now pushed to `target`'s repository) in the
 /// shared layer cache, so other workers mount them instead of building them.
 async fn share_deps_layers(
@@ -609,18 +639,19 @@ async fn watch_max_deliveries(ctx: Arc<Ctx>) {
             .get_raw_message(seq)
             .await
             .ok()
-            .and_then(|m| BuildJob::parse(&m.payload).ok());
+            .and_then(|m| Job::parse(&m.subject, &m.payload).ok());
         if stream.delete_message(seq).await.is_ok()
             && let Some(job) = job
         {
-            if let Ok(Some(_)) = revisions::by_job(&ctx.queue, &job.app, &job.job_id, true).await {
+            if let Ok(Some(_)) = revisions::by_job(&ctx.queue, job.app(), job.job_id(), true).await
+            {
                 continue;
             }
             ctx.metrics.failed();
             event(
                 &ctx,
-                &job.job_id,
-                Some(&job.app),
+                job.job_id(),
+                Some(job.app()),
                 EventKind::Failed {
                     reason: format!(
                         "gave up after {MAX_DELIVER} deliveries: no worker finished the job"

@@ -1,0 +1,195 @@
+//! Rebasing revisions: one app's revision onto a new (runtime) base, recorded as a new
+//! revision; or every app whose latest revision uses a runtime, as rebase jobs on the queue.
+
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use kiln_builder::BuildError;
+use kiln_builder::push::push_image;
+use kiln_builder::registry::Registry;
+use kiln_layers::BlobStore;
+use kiln_layers::oci::Platform;
+
+use crate::nats::{self, NatsError, Queue, nats_err};
+use crate::revisions::{self, Recorded};
+use crate::schema::{LayerRecord, RebaseJob, Revision, Timings, now};
+
+/// Why a rebase failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RebaseError {
+    /// The app or revision does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// Pulling, checking, rewriting or pushing failed (the image was not built on the base
+    /// it claims, the new base is for another runtime, the registry failed, …).
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// NATS trouble.
+    #[error(transparent)]
+    Nats(#[from] NatsError),
+    /// Another attempt of the same job is recording its revision.
+    #[error("another attempt of this job is recording its revision")]
+    Busy,
+}
+
+/// Rebases the job's revision (or the app's latest) onto `job.base`, pushes the new manifest
+/// (no layer bytes: app layers are in the app's repository, base layers are mounted) and
+/// records it as a new revision of the app.
+pub async fn rebase_revision(
+    queue: &Queue,
+    registry: &Registry,
+    store: &BlobStore,
+    platform: &Platform,
+    job: &RebaseJob,
+    started: Instant,
+) -> Result<Revision, RebaseError> {
+    if let Some(done) = revisions::by_job(queue, &job.app, &job.job_id, true).await? {
+        return Ok(done);
+    }
+    let old = match &job.revision {
+        Some(name) => revisions::by_name(queue, name).await?,
+        None => {
+            let latest = revisions::latest_number(queue, &job.app).await?;
+            revisions::get(queue, &job.app, latest).await?
+        }
+    }
+    .ok_or_else(|| {
+        RebaseError::NotFound(format!(
+            "app {:?} has no revision {}",
+            job.app,
+            job.revision.as_deref().unwrap_or("at all")
+        ))
+    })?;
+    let built =
+        kiln_builder::rebase::rebase(registry, &old.image, &job.base, platform, store).await?;
+    let build_ms = started.elapsed().as_millis() as u64;
+    let repository = old
+        .image
+        .split_once('@')
+        .map(|(r, _)| r)
+        .unwrap_or(&old.image);
+    let digest = built.manifest.digest.to_string();
+    let push_started = Instant::now();
+    push_image(
+        registry,
+        &built,
+        &format!("{repository}:rebase-{}", &digest["sha256:".len()..][..16]),
+    )
+    .await?;
+    let push_ms = push_started.elapsed().as_millis() as u64;
+    let manifest: kiln_layers::ImageManifest = serde_json::from_slice(
+        &store
+            .read_blob(&built.manifest.digest)
+            .map_err(BuildError::from)?,
+    )
+    .map_err(|e| BuildError::from(kiln_layers::Error::json("rebased manifest")(e)))?;
+    let kept: Vec<&LayerRecord> = old.layers.iter().filter(|l| l.kind != "base").collect();
+    let layers = manifest
+        .layers
+        .iter()
+        .map(|d| {
+            let digest = d.digest.to_string();
+            let kind = kept
+                .iter()
+                .find(|l| l.digest == digest)
+                .map(|l| l.kind.clone())
+                .unwrap_or_else(|| "base".into());
+            LayerRecord {
+                kind,
+                digest,
+                size: d.size,
+                cache_hit: true,
+            }
+        })
+        .collect();
+    let annotation = |key: &str| manifest.annotations.get(key).cloned().unwrap_or_default();
+    let revision = Revision {
+        name: String::new(),
+        number: 0,
+        job_id: job.job_id.clone(),
+        image: format!("{repository}@{digest}"),
+        digest,
+        base: annotation(kiln_builder::build::ANNOTATION_BASE_NAME),
+        base_digest: annotation(kiln_builder::build::ANNOTATION_BASE_DIGEST),
+        layers,
+        timings_ms: Timings {
+            build: build_ms,
+            push: push_ms,
+            total: started.elapsed().as_millis() as u64,
+        },
+        created: now(),
+        ..old
+    };
+    let revision = match revisions::record(queue, revision, None).await? {
+        Recorded::Done(r) => *r,
+        Recorded::Busy => return Err(RebaseError::Busy),
+    };
+    queue
+        .publish(
+            nats::revisions_subject(&revision.app),
+            serde_json::to_vec(&revision).expect("revision"),
+        )
+        .await?;
+    Ok(revision)
+}
+
+/// Every app whose latest revision runs on `runtime`, with that revision.
+pub async fn apps_on_runtime(queue: &Queue, runtime: &str) -> Result<Vec<Revision>, NatsError> {
+    let mut keys = queue
+        .revisions
+        .keys()
+        .await
+        .map_err(nats_err("list revision keys"))?;
+    let mut apps = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(nats_err("list revision keys"))?;
+        if let Some(app) = key.strip_prefix("latest.") {
+            apps.push(app.to_owned());
+        }
+    }
+    apps.sort();
+    let mut latest = Vec::new();
+    for app in apps {
+        let n = revisions::latest_number(queue, &app).await?;
+        if let Some(r) = revisions::get(queue, &app, n).await?
+            && r.runtime == runtime
+        {
+            latest.push(r);
+        }
+    }
+    Ok(latest)
+}
+
+/// The rebase job for `revision` onto `base`; its id is derived from both, so asking twice
+/// queues it once.
+pub fn job_for(revision: &Revision, base: &str) -> RebaseJob {
+    let key = kiln_layers::CacheKey::new("rebase")
+        .with("revision", &revision.name)
+        .with("base", base)
+        .digest();
+    RebaseJob {
+        schema_version: crate::schema::SCHEMA_VERSION,
+        job_id: format!("rebase-{}", &key.hex()[..24]),
+        app: revision.app.clone(),
+        revision: Some(revision.name.clone()),
+        base: base.to_owned(),
+    }
+}
+
+/// Publishes `job` on `kiln.jobs.rebase.<app>` with its id as message id; true when the
+/// queue had it already.
+pub async fn publish(queue: &Queue, job: &RebaseJob) -> Result<bool, NatsError> {
+    let ack = queue
+        .js
+        .send_publish(
+            format!("kiln.jobs.rebase.{}", job.app),
+            async_nats::jetstream::message::PublishMessage::build()
+                .payload(serde_json::to_vec(job).expect("job").into())
+                .message_id(&job.job_id),
+        )
+        .await
+        .map_err(nats_err("publish rebase job"))?
+        .await
+        .map_err(nats_err("publish rebase job"))?;
+    Ok(ack.duplicate)
+}
