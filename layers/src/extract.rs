@@ -231,9 +231,26 @@ impl State {
                 source,
             }
         } else {
-            unsafe_archive(entry, format!("corrupt archive: {source}"))
+            unsafe_archive(
+                entry,
+                format!("corrupt archive: {}", printable(&source.to_string())),
+            )
         }
     }
+}
+
+/// `text` without control characters (an archive's bytes can reach error texts: no terminal
+/// or log injection through a `failed` reason), at most 300 characters.
+fn printable(text: &str) -> String {
+    let mut out: String = text
+        .chars()
+        .take(300)
+        .map(|c| if c.is_control() { '\u{fffd}' } else { c })
+        .collect();
+    if text.chars().count() > 300 {
+        out.push('…');
+    }
+    out
 }
 
 /// Counts the compressed bytes read from the caller's input.

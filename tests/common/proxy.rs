@@ -3,8 +3,8 @@
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// A running proxy to one upstream address.
 pub struct Proxy {
@@ -14,6 +14,7 @@ pub struct Proxy {
     dropped: Arc<AtomicUsize>,
     bytes_up: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    live: Arc<Mutex<Vec<TcpStream>>>,
 }
 
 impl Proxy {
@@ -27,12 +28,14 @@ impl Proxy {
             dropped: Arc::default(),
             bytes_up: Arc::default(),
             stop: Arc::default(),
+            live: Arc::default(),
         };
-        let (drop_next, dropped, bytes_up, stop) = (
+        let (drop_next, dropped, bytes_up, stop, live) = (
             proxy.drop_next.clone(),
             proxy.dropped.clone(),
             proxy.bytes_up.clone(),
             proxy.stop.clone(),
+            proxy.live.clone(),
         );
         let upstream = upstream.to_owned();
         std::thread::spawn(move || {
@@ -56,6 +59,11 @@ impl Proxy {
                     continue;
                 };
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                {
+                    let mut live = live.lock().unwrap();
+                    live.retain(|s| s.peer_addr().is_ok());
+                    live.push(client.try_clone().unwrap());
+                }
                 let up = bytes_up.clone();
                 std::thread::spawn(move || pipe(client, server, Some(up)));
                 std::thread::spawn(move || pipe(s2, c2, None));
@@ -67,6 +75,13 @@ impl Proxy {
     /// Makes the next `n` connections fail (read a little, then close).
     pub fn drop_next(&self, n: usize) {
         self.drop_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Cuts every open connection at once (both directions).
+    pub fn cut_all(&self) {
+        for conn in self.live.lock().unwrap().drain(..) {
+            let _ = conn.shutdown(Shutdown::Both);
+        }
     }
 
     /// Connections dropped so far.
