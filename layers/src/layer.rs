@@ -163,7 +163,18 @@ impl LayerBuilder {
     pub fn write_to(&self, store: &BlobStore) -> Result<Layer> {
         let blob = store.blob_writer()?;
         let gz = ParallelGzWriter::new(blob);
-        let tar_out = self.write_tar(HashingWriter::new(gz))?;
+        let tar_out = self
+            .write_tar(HashingWriter::new(gz))
+            .map_err(|e| match e {
+                Error::Io { op, source, .. } if op.starts_with("write") || op == "finish tar" => {
+                    Error::Io {
+                        op: "write layer into",
+                        path: store.root().join("blobs/sha256"),
+                        source,
+                    }
+                }
+                other => other,
+            })?;
         let (gz, diff_id, _) = tar_out.finish();
         let blob = gz
             .finish()
@@ -211,20 +222,23 @@ impl LayerBuilder {
                 let mut reader = CountingReader {
                     inner: file.take(*size),
                     read: 0,
+                    failed: false,
                 };
-                let result = tar.append_data(&mut header, path, &mut reader);
-                if reader.read != *size {
-                    return Err(Error::FileChanged {
+                match tar.append_data(&mut header, path, &mut reader) {
+                    // The output failed (disk full, …), not the file.
+                    Err(e) if !reader.failed => Err(failed(e)),
+                    Err(e) => Err(Error::Io {
+                        op: "read",
+                        path: source.clone(),
+                        source: e,
+                    }),
+                    Ok(()) if reader.read != *size => Err(Error::FileChanged {
                         path: source.clone(),
                         expected: *size,
                         found: reader.read,
-                    });
+                    }),
+                    Ok(()) => Ok(()),
                 }
-                result.map_err(|e| Error::Io {
-                    op: "read",
-                    path: source.clone(),
-                    source: e,
-                })
             }
         }
     }
@@ -233,11 +247,12 @@ impl LayerBuilder {
 struct CountingReader<R> {
     inner: R,
     read: u64,
+    failed: bool,
 }
 
 impl<R: Read> Read for CountingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = self.inner.read(buf).inspect_err(|_| self.failed = true)?;
         self.read += n as u64;
         Ok(n)
     }
