@@ -186,6 +186,12 @@ fn a_hundred_jobs_through_kills_cut_connections_and_a_nats_restart() {
         restarted,
         "the queue drained before nats-server could be restarted"
     );
+    eprintln!(
+        "fault suite: {} jobs, {} revisions, {} gave up, {round} fault rounds, nats restarted: {restarted}",
+        jobs.len(),
+        done.len(),
+        failed.len(),
+    );
     for job in failed.keys() {
         assert!(
             !done.contains_key(job),
