@@ -312,6 +312,48 @@ fn basic_auth_from_env_and_docker_config_and_clear_failures() {
     assert_eq!(ok(out, "push with docker config"), digest);
     assert!(!err.contains(password));
 
+    // From a credential helper named in `credHelpers` (docker-credential-<name> on PATH,
+    // speaking the helper protocol: the server on stdin, JSON on stdout).
+    let helpers = tmp.path().join("helpers");
+    std::fs::create_dir_all(&helpers).unwrap();
+    let helper = helpers.join("docker-credential-kilntest");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 1\nread server\necho \"$server\" > {}\nprintf '{{\"ServerURL\":\"%s\",\"Username\":\"builder\",\"Secret\":\"{password}\"}}' \"$server\"\n",
+            helpers.join("asked").display()
+        ),
+    )
+    .unwrap();
+    std::process::Command::new("chmod")
+        .args(["+x", helper.to_str().unwrap()])
+        .status()
+        .unwrap();
+    let docker_helper = tmp.path().join("docker-helper");
+    std::fs::create_dir_all(&docker_helper).unwrap();
+    std::fs::write(
+        docker_helper.join("config.json"),
+        format!(r#"{{"credHelpers":{{"{}":"kilntest"}}}}"#, reg.addr),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        helpers.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let out = push(&|c| {
+        c.env("DOCKER_CONFIG", &docker_helper).env("PATH", &path);
+    });
+    let err = stderr(&out);
+    assert_eq!(ok(out, "push with a credential helper"), digest);
+    assert!(!err.contains(password));
+    assert_eq!(
+        std::fs::read_to_string(helpers.join("asked"))
+            .unwrap()
+            .trim(),
+        reg.addr
+    );
+
     // skopeo with the same credentials reads it back and the image runs.
     let bundle = pull_and_unpack(&image, Some(&format!("builder:{password}")), tmp.path());
     let app = run(&bundle);
