@@ -3,7 +3,7 @@
 //! | name | kind |
 //! | --- | --- |
 //! | `KILN_JOBS` on `kiln.jobs.>` | work-queue stream, file storage, duplicate window on job id |
-//! | `kiln-workers` | durable pull consumer, explicit ack, AckWait + heartbeats, MaxDeliver |
+//! | `kiln-workers` | durable pull consumer, explicit ack, AckWait + heartbeats, MaxDeliver, backoff |
 //! | `kiln-sources` | object store of source tarballs, named by digest |
 //! | `KILN_EVENTS` on `kiln.events.>` | limits stream (age) of job events |
 //! | `KILN_REVISIONS` on `kiln.revisions.>` | what the deployer consumes |
@@ -170,6 +170,10 @@ impl Queue {
                 durable_name: Some(WORKERS_CONSUMER.into()),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait,
+                // Redeliveries after a worker died: one ack wait, then longer. (With backoff
+                // set, the server uses backoff[0] as the ack wait; heartbeats go out at a
+                // third of it.)
+                backoff: vec![ack_wait, ack_wait * 2, ack_wait * 4, ack_wait * 4],
                 max_deliver: MAX_DELIVER,
                 max_ack_pending: 10_000,
                 ..Default::default()
