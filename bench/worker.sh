@@ -41,7 +41,7 @@ $KILN runtime publish faas --base "$REG/base/node:v2" --to "$REG/kiln/runtime-fa
 
 for w in 1 2; do
   KILN_CACHE_DIR=$W/worker$w $KILN worker --registry "$REG" --base "$REG/kiln/runtime-faas:v1" \
-    --jobs 4 --name "bench-$w" >"$W/worker$w.log" 2>&1 & pids+=($!)
+    --jobs 8 --name "bench-$w" >"$W/worker$w.log" 2>&1 & pids+=($!)
 done
 
 # 1. Submit-to-revision latency of a code-only change, small faas app.
@@ -81,12 +81,18 @@ done
 [ ${#subs[@]} = 0 ] || wait "${subs[@]}"
 for i in $(seq 1 "$REBASE_APPS"); do wait_for "rb$i" 1; done
 start=$(date +%s.%N)
-$KILN rebase --runtime faas --to "$REG/kiln/runtime-faas:v2" 2>"$W/rebase.txt" >/dev/null
+$KILN rebase --runtime faas --to "$REG/kiln/runtime-faas:v2" --json 2>"$W/rebase.txt" >"$W/rebased.json"
 end=$(date +%s.%N)
+PER=$(python3 -c "
+import json, statistics as s
+r = json.load(open('$W/rebased.json'))
+t = [x['timings_ms'] for x in r]
+print('per job in the worker: median %d ms (pull+rewrite %d ms, push %d ms)' % (s.median(x['total'] for x in t), s.median(x['build'] for x in t), s.median(x['push'] for x in t)))")
+[ -n "${KEEP:-}" ] && cp "$W/rebase.txt" "$W/rebased.json" /tmp/ 
 APPS_ON=$(grep -o 'rebased [0-9]* of [0-9]* apps' "$W/rebase.txt")
 RB=$(python3 -c "d=$end-$start; print(f'{d:.2f} s')")
 
 printf '\n| measure | result |\n| --- | --- |\n'
 printf '| submit-to-revision, code-only change, small faas app, 2 workers | %s |\n' "$LAT"
-printf '| throughput, 50 jobs over 10 apps, 2 workers x 4 jobs | %s |\n' "$TP"
-printf '| rebase --runtime faas onto a new runtime base (%s) | %s |\n' "$APPS_ON" "$RB"
+printf '| throughput, 50 jobs over 10 apps, 2 workers x 8 jobs | %s |\n' "$TP"
+printf '| rebase --runtime faas onto a new runtime base (%s) | %s; %s |\n' "$APPS_ON" "$RB" "$PER"

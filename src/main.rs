@@ -628,12 +628,15 @@ async fn rebase_runtime(
         .subscribe("kiln.events.>")
         .await
         .context("subscribing to events")?;
-    let mut pending = std::collections::BTreeMap::new();
-    for revision in &apps {
-        let job = kiln_queue::rebase::job_for(revision, to);
-        kiln_queue::rebase::publish(queue, &job).await?;
-        pending.insert(job.job_id.clone(), revision.name.clone());
-    }
+    let jobs: Vec<_> = apps
+        .iter()
+        .map(|revision| kiln_queue::rebase::job_for(revision, to))
+        .collect();
+    let mut pending: std::collections::BTreeMap<String, String> = jobs
+        .iter()
+        .map(|job| (job.job_id.clone(), job.revision.clone().unwrap_or_default()))
+        .collect();
+    kiln_queue::rebase::publish_all(queue, &jobs).await?;
     eprintln!("queued {} rebase jobs onto {to}", pending.len());
     let total = pending.len();
     let mut done = Vec::new();

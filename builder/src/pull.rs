@@ -88,7 +88,16 @@ async fn pull(
         reference: name.clone(),
         problem,
     };
-    let (bytes, digest) = registry.manifest(&image).await?;
+    // A digest names immutable content: when it is cached, no request is needed.
+    let cached_manifest = image
+        .digest()
+        .and_then(|d| d.parse::<Digest>().ok())
+        .filter(|d| store.contains(d))
+        .and_then(|d| Some((store.read_blob(&d).ok()?, d.to_string())));
+    let (bytes, digest) = match cached_manifest {
+        Some(found) => found,
+        None => registry.manifest(&image).await?,
+    };
     let media_type = media_type_of(&bytes).map_err(bad)?;
     let (bytes, digest, media_type, source) =
         if media_type == MEDIA_TYPE_INDEX || media_type == MEDIA_TYPE_DOCKER_MANIFEST_LIST {

@@ -148,16 +148,22 @@ pub async fn apps_on_runtime(queue: &Queue, runtime: &str) -> Result<Vec<Revisio
         }
     }
     apps.sort();
-    let mut latest = Vec::new();
-    for app in apps {
-        let n = revisions::latest_number(queue, &app).await?;
-        if let Some(r) = revisions::get(queue, &app, n).await?
-            && r.runtime == runtime
-        {
-            latest.push(r);
-        }
-    }
-    Ok(latest)
+    // The latest revision of each app, 16 lookups in flight.
+    let latest: Vec<Option<Revision>> = futures_util::stream::iter(apps)
+        .map(|app| async move {
+            let n = revisions::latest_number(queue, &app).await?;
+            revisions::get(queue, &app, n).await
+        })
+        .buffered(16)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    Ok(latest
+        .into_iter()
+        .flatten()
+        .filter(|r| r.runtime == runtime)
+        .collect())
 }
 
 /// The rebase job for `revision` onto `base`; its id is derived from both, so asking twice
@@ -174,6 +180,18 @@ pub fn job_for(revision: &Revision, base: &str) -> RebaseJob {
         revision: Some(revision.name.clone()),
         base: base.to_owned(),
     }
+}
+
+/// Publishes every job (acks awaited together); returns how many the queue had already.
+pub async fn publish_all(queue: &Queue, jobs: &[RebaseJob]) -> Result<usize, NatsError> {
+    let duplicates: Vec<bool> = futures_util::stream::iter(jobs)
+        .map(|job| publish(queue, job))
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<_, _>>()?;
+    Ok(duplicates.into_iter().filter(|d| *d).count())
 }
 
 /// Publishes `job` on `kiln.jobs.rebase.<app>` with its id as message id; true when the

@@ -15,9 +15,11 @@ use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 use kiln_layers::{BlobStore, Descriptor};
+use oci_client::RegistryOperation;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
+use oci_client::token_cache::RegistryTokenType;
 use oci_client::{Client, Reference};
 
 pub use auth::{Credentials, ENV_PASSWORD, ENV_TOKEN, ENV_USER, credentials_for};
@@ -48,6 +50,7 @@ pub struct Registry {
     client: Arc<Client>,
     retry: RetryPolicy,
     authed: Arc<Mutex<HashSet<String>>>,
+    open: Arc<Mutex<HashSet<String>>>,
     secrets: Arc<Mutex<Vec<String>>>,
 }
 
@@ -69,6 +72,7 @@ impl Registry {
             client: Arc::new(Client::new(config)),
             retry: options.retry,
             authed: Arc::default(),
+            open: Arc::default(),
             secrets: Arc::default(),
         }
     }
@@ -91,11 +95,42 @@ impl Registry {
         if !matches!(creds.auth, RegistryAuth::Anonymous) {
             let _ = self
                 .client
-                .auth(image, &creds.auth, oci_client::RegistryOperation::Push)
+                .auth(image, &creds.auth, RegistryOperation::Push)
                 .await;
+        } else if let Ok(None) = self
+            .client
+            .auth(image, &creds.auth, RegistryOperation::Pull)
+            .await
+        {
+            // No challenge at all: an open registry. oci-client would probe `GET /v2/` again
+            // before every request (it caches no answer for "no auth"), doubling the requests.
+            self.open.lock().expect("lock").insert(registry.clone());
         }
         self.authed.lock().expect("lock").insert(registry);
         Ok(())
+    }
+
+    /// For an open registry, spares `image` oci-client's auth probe: an empty Basic token (an
+    /// `Authorization` header that a registry without auth ignores).
+    async fn skip_probe(&self, image: &Reference) {
+        if !self
+            .open
+            .lock()
+            .expect("lock")
+            .contains(image.resolve_registry())
+        {
+            return;
+        }
+        for op in [RegistryOperation::Pull, RegistryOperation::Push] {
+            self.client
+                .tokens
+                .insert(
+                    image,
+                    op,
+                    RegistryTokenType::Basic(String::new(), String::new()),
+                )
+                .await;
+        }
     }
 
     /// Wraps an oci-client failure with the reference and action, secrets removed.
@@ -125,6 +160,7 @@ impl Registry {
         Fut: Future<Output = Result<T, OciDistributionError>>,
     {
         self.login(image).await?;
+        self.skip_probe(image).await;
         self.retry
             .run(|| {
                 let fut = op(self.client.clone());
