@@ -481,6 +481,7 @@ async fn process(
     )
     .map_err(|e| JobError::Transient(e.to_string()))?;
     share_deps_layers(ctx, &built, &manifest, &made_deps, &target).await;
+    let port = exposed_port(&built, &manifest).unwrap_or(8080);
     let annotation = |key: &str| manifest.annotations.get(key).cloned().unwrap_or_default();
     let base_layers = manifest.layers.len().saturating_sub(layers.len());
     let mut all_layers: Vec<LayerRecord> = manifest.layers[..base_layers]
@@ -511,7 +512,7 @@ async fn process(
         source_digest: annotation(kiln_builder::build::ANNOTATION_SOURCE),
         source_object: job.source.clone(),
         env: job.env.clone(),
-        port: 8080,
+        port,
         deploy: job.deploy.clone(),
         layers: all_layers,
         timings_ms: Timings {
@@ -563,6 +564,17 @@ async fn process_rebase(
         }
         other => JobError::Permanent(other.to_string()),
     })
+}
+
+/// The TCP port the image's config exposes (the runtime's port).
+fn exposed_port(built: &kiln_builder::Built, manifest: &kiln_layers::ImageManifest) -> Option<u16> {
+    let config: kiln_layers::ImageConfig =
+        serde_json::from_slice(&built.store.read_blob(&manifest.config.digest).ok()?).ok()?;
+    config
+        .config
+        .exposed_ports?
+        .keys()
+        .find_map(|p| p.strip_suffix("/tcp")?.parse().ok())
 }
 
 /// Records the dependency layers this job made (now pushed to `target`'s repository) in the
