@@ -90,19 +90,7 @@ fn traffic(service: &Value) -> Vec<(String, u64, String)> {
 
 /// Builds three revisions of app `hello` through a real worker; returns their images.
 fn three_revisions(nats: &TestNats, reg: &TestRegistry, tmp: &Path, npm: &Path) -> Vec<String> {
-    let base = format!("{}/base/node:20", reg.addr);
-    let out = kiln(
-        &[
-            "base",
-            "from-host",
-            "--to",
-            &base,
-            "--insecure-registry",
-            &reg.addr,
-        ],
-        npm,
-    );
-    assert!(out.status.success());
+    let base = push_host_base(&reg.addr, npm, &[]);
     let mut worker = kiln_cmd(&tmp.join("worker-cache"), npm);
     worker
         .args(["worker", "--nats", &nats.url, "--registry", &reg.addr])
@@ -112,19 +100,7 @@ fn three_revisions(nats: &TestNats, reg: &TestRegistry, tmp: &Path, npm: &Path) 
     let mut worker = worker.spawn().unwrap();
     let mut images = Vec::new();
     for i in 1..=3 {
-        let dir = tmp.join(format!("v{i}"));
-        let ok = Command::new("cp")
-            .arg("-r")
-            .arg(root().join("fixtures/faas-hello"))
-            .arg(&dir)
-            .status()
-            .unwrap();
-        assert!(ok.success());
-        std::fs::write(
-            dir.join("functions/version.js"),
-            format!("module.exports = async () => ({{ version: {i} }});\n"),
-        )
-        .unwrap();
+        let dir = faas_variant(tmp, &format!("v{i}"), "version", "version", &i.to_string());
         let out = kiln_cmd(&tmp.join("submit-cache"), npm)
             .args(["submit", dir.to_str().unwrap(), "--app", "hello"])
             .args(["--nats", &nats.url, "--wait", "--json"])

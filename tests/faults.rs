@@ -17,34 +17,8 @@ use common::*;
 use futures_util::StreamExt;
 use kiln_layers::BlobStore;
 use kiln_layers::validate::validate_blobs;
-use kiln_queue::submit::{Submission, submit};
+use kiln_queue::submit::submit;
 use kiln_queue::{EventKind, Queue};
-
-fn push_base(registry: &str, npm: &Path, env: &[(&str, &str)]) -> String {
-    let base = format!("{registry}/base/node:20");
-    let mut cmd = kiln_cmd(
-        &PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kiln-cache"),
-        npm,
-    );
-    cmd.args([
-        "base",
-        "from-host",
-        "--to",
-        &base,
-        "--insecure-registry",
-        registry,
-    ]);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    base
-}
 
 fn start_worker(nats: &str, registry: &str, base: &str, cache: &Path, npm: &Path) -> Child {
     kiln_cmd(cache, npm)
@@ -58,23 +32,6 @@ fn start_worker(nats: &str, registry: &str, base: &str, cache: &Path, npm: &Path
         .unwrap()
 }
 
-fn variant(tmp: &Path, i: usize) -> PathBuf {
-    let dir = tmp.join(format!("src{i}"));
-    let ok = Command::new("cp")
-        .arg("-r")
-        .arg(root().join("fixtures/faas-hello"))
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    std::fs::write(
-        dir.join("functions/job.js"),
-        format!("module.exports = async () => ({{ job: {i} }});\n"),
-    )
-    .unwrap();
-    dir
-}
-
 #[test]
 fn a_hundred_jobs_through_kills_cut_connections_and_a_nats_restart() {
     let tmp = tempfile::tempdir().unwrap();
@@ -85,7 +42,7 @@ fn a_hundred_jobs_through_kills_cut_connections_and_a_nats_restart() {
     let nats_proxy = Proxy::start(&nats_addr);
     let reg_proxy = Proxy::start(&reg.addr);
     let nats_via = format!("nats://{}", nats_proxy.addr);
-    let base = push_base(&reg_proxy.addr, &npm, &[]);
+    let base = push_host_base(&reg_proxy.addr, &npm, &[]);
     let caches = [tmp.path().join("w1"), tmp.path().join("w2")];
     let mut workers: Vec<Child> = caches
         .iter()
@@ -106,15 +63,8 @@ fn a_hundred_jobs_through_kills_cut_connections_and_a_nats_restart() {
     for i in 0..100 {
         let app = format!("f{}", i % 25);
         let id = format!("fault-{i}");
-        let submission = Submission {
-            dir: variant(tmp.path(), i),
-            app: app.clone(),
-            runtime: None,
-            base: None,
-            env: vec![],
-            job_id: Some(id.clone()),
-            deploy: Default::default(),
-        };
+        let dir = faas_variant(tmp.path(), &format!("src{i}"), "job", "job", &i.to_string());
+        let submission = submission(dir, &app, &id);
         rt.block_on(submit(&queue, &submission, &scratch)).unwrap();
         jobs.push((app, id));
     }
@@ -249,7 +199,7 @@ fn registry_password_never_reaches_events_logs_or_layers() {
         ("KILN_REGISTRY_USER", "ci"),
         ("KILN_REGISTRY_PASSWORD", password),
     ];
-    let base = push_base(&reg.addr, &npm, &creds);
+    let base = push_host_base(&reg.addr, &npm, &creds);
     let log = tmp.path().join("worker.log");
     let mut worker = kiln_cmd(&tmp.path().join("w"), &npm)
         .args(["worker", "--nats", &nats.url, "--registry", &reg.addr])

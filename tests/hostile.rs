@@ -17,7 +17,7 @@ use common::nats::TestNats;
 use common::registry::TestRegistry;
 use common::*;
 use futures_util::StreamExt;
-use kiln_queue::submit::{Submission, publish_job, submit};
+use kiln_queue::submit::{publish_job, submit};
 use kiln_queue::{BuildJob, Event, EventKind, Queue};
 
 /// Entry name used by the extractor for errors raised between entries.
@@ -232,28 +232,6 @@ fn scratch_left(cache: &Path) -> Vec<String> {
     }
 }
 
-/// Pushes the host base to the registry; returns its reference.
-fn push_base(reg: &TestRegistry, npm: &Path) -> String {
-    let base = format!("{}/base/node:20", reg.addr);
-    let out = kiln(
-        &[
-            "base",
-            "from-host",
-            "--to",
-            &base,
-            "--insecure-registry",
-            &reg.addr,
-        ],
-        npm,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    base
-}
-
 struct Worker {
     child: Child,
     log: PathBuf,
@@ -303,14 +281,6 @@ fn worker(
     }
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// `hostile-<file stem>`: a valid job id.
 fn job_id(file: &str) -> String {
     format!("hostile-{}", file.trim_end_matches(".tar.gz"))
@@ -348,7 +318,7 @@ fn worker_refuses_every_hostile_tarball_and_then_builds_a_good_job() {
     let npm = npm_cache(tmp.path());
     let nats = TestNats::start();
     let reg = TestRegistry::start();
-    let base = push_base(&reg, &npm);
+    let base = push_host_base(&reg.addr, &npm, &[]);
     let cache = tmp.path().join("worker-cache");
     let mut w = worker(
         &nats,
@@ -359,7 +329,7 @@ fn worker_refuses_every_hostile_tarball_and_then_builds_a_good_job() {
         &tmp.path().join("worker.log"),
     );
 
-    let rt = rt();
+    let rt = tokio_rt();
     rt.block_on(async {
         let queue = Queue::connect(&nats.url).await.unwrap();
         let mut events = queue.client.subscribe("kiln.events.>").await.unwrap();
@@ -457,15 +427,11 @@ fn worker_refuses_every_hostile_tarball_and_then_builds_a_good_job() {
         }
 
         // And a good job still builds.
-        let submission = Submission {
-            dir: root().join("fixtures/faas-hello"),
-            app: "good".into(),
-            runtime: None,
-            base: None,
-            env: vec![],
-            job_id: Some("good-after-hostile".into()),
-            deploy: Default::default(),
-        };
+        let submission = submission(
+            root().join("fixtures/faas-hello"),
+            "good",
+            "good-after-hostile",
+        );
         submit(&queue, &submission, &tmp.path().join("submit"))
             .await
             .unwrap();

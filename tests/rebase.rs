@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use common::nats::TestNats;
@@ -98,23 +98,6 @@ fn stacks(reg: &TestRegistry, tmp: &Path, npm: &Path) -> (String, String, String
     (base1, runtime_bases.pop().unwrap(), v2)
 }
 
-fn app_variant(tmp: &Path, name: &str) -> PathBuf {
-    let dir = tmp.join(name);
-    let ok = Command::new("cp")
-        .arg("-r")
-        .arg(root().join("fixtures/faas-hello"))
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    std::fs::write(
-        dir.join("functions/who.js"),
-        format!("module.exports = async () => ({{ app: {name:?} }});\n"),
-    )
-    .unwrap();
-    dir
-}
-
 fn submit(
     nats: &TestNats,
     dir: &Path,
@@ -164,7 +147,7 @@ fn rebase_moves_apps_to_a_new_runtime_base_without_touching_app_layers() {
     for app in ["a1", "a2", "a3"] {
         old.push(submit(
             &nats,
-            &app_variant(tmp.path(), app),
+            &faas_variant(tmp.path(), app, "who", "app", app),
             app,
             None,
             &npm,
@@ -324,8 +307,4 @@ fn rebase_moves_apps_to_a_new_runtime_base_without_touching_app_layers() {
         let _ = w.kill();
         let _ = w.wait();
     }
-}
-
-fn shared_cache() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kiln-cache")
 }

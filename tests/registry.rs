@@ -26,26 +26,6 @@ fn ok(out: Output, what: &str) -> String {
     digest
 }
 
-/// Pushes the host base to `<addr>/base/node:20` and returns that reference.
-fn push_host_base(addr: &str, npm: &Path) -> String {
-    let base = format!("{addr}/base/node:20");
-    ok(
-        kiln(
-            &[
-                "base",
-                "from-host",
-                "--to",
-                &base,
-                "--insecure-registry",
-                addr,
-            ],
-            npm,
-        ),
-        "base from-host --to",
-    );
-    base
-}
-
 /// `kiln build <fixture> --base <base> --image <image> --insecure-registry <addr>`.
 fn build_push(fixture: &str, base: &str, image: &str, addr: &str, npm: &Path) -> Output {
     let dir = root().join("fixtures").join(fixture);
@@ -69,7 +49,7 @@ fn pushed_images_of_each_runtime_pull_back_and_run() {
     let tmp = tempfile::tempdir().unwrap();
     let npm = npm_cache(tmp.path());
     let reg = TestRegistry::start();
-    let base = push_host_base(&reg.addr, &npm);
+    let base = push_host_base(&reg.addr, &npm, &[]);
 
     let image = format!("{}/apps/faas-hello:v1", reg.addr);
     let digest = ok(
@@ -118,7 +98,7 @@ fn second_push_uploads_no_layer_and_other_repositories_mount() {
     let tmp = tempfile::tempdir().unwrap();
     let npm = npm_cache(tmp.path());
     let reg = TestRegistry::start();
-    let base = push_host_base(&reg.addr, &npm);
+    let base = push_host_base(&reg.addr, &npm, &[]);
 
     let before = reg.log().len();
     let first = format!("{}/team-a/hello:v1", reg.addr);
@@ -182,7 +162,7 @@ fn runtime_base_is_published_and_apps_build_on_it() {
     let tmp = tempfile::tempdir().unwrap();
     let npm = npm_cache(tmp.path());
     let reg = TestRegistry::start();
-    let base = push_host_base(&reg.addr, &npm);
+    let base = push_host_base(&reg.addr, &npm, &[]);
     let runtime_base = format!("{}/kiln/runtime-faas:20", reg.addr);
     ok(
         kiln(
@@ -393,7 +373,7 @@ fn push_survives_dropped_connections_and_a_registry_restart() {
     let npm = npm_cache(tmp.path());
     let mut reg = TestRegistry::start();
     let proxy = Proxy::start(&reg.addr);
-    let base = push_host_base(&proxy.addr, &npm);
+    let base = push_host_base(&proxy.addr, &npm, &[]);
 
     // The next connections are cut mid-request: kiln retries and the push completes.
     proxy.drop_next(3);

@@ -11,34 +11,8 @@ use std::time::{Duration, Instant};
 use common::nats::TestNats;
 use common::registry::TestRegistry;
 use common::*;
-use kiln_queue::submit::{Submission, submit};
+use kiln_queue::submit::submit;
 use kiln_queue::{Queue, Revision};
-
-fn shared_cache() -> PathBuf {
-    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kiln-cache")
-}
-
-/// Pushes the host base to the registry; returns its reference.
-fn push_base(reg: &TestRegistry, npm: &Path) -> String {
-    let base = format!("{}/base/node:20", reg.addr);
-    let out = kiln(
-        &[
-            "base",
-            "from-host",
-            "--to",
-            &base,
-            "--insecure-registry",
-            &reg.addr,
-        ],
-        npm,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    base
-}
 
 struct Worker {
     child: Child,
@@ -71,32 +45,6 @@ fn worker(
     Worker {
         child: cmd.spawn().unwrap(),
     }
-}
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// A copy of faas-hello whose hello function answers `greeting`.
-fn app_variant(tmp: &Path, name: &str, greeting: &str) -> PathBuf {
-    let dir = tmp.join(name);
-    let ok = Command::new("cp")
-        .arg("-r")
-        .arg(root().join("fixtures/faas-hello"))
-        .arg(&dir)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    std::fs::write(
-        dir.join("functions/hello.js"),
-        format!("module.exports = async () => ({{ greeting: {greeting:?} }});\n"),
-    )
-    .unwrap();
-    dir
 }
 
 /// Waits until every job id has a `job.<id>` revision index; returns job id → revision.
@@ -163,7 +111,7 @@ fn submit_wait_builds_pushes_runs_and_records_one_revision() {
     let npm = npm_cache(tmp.path());
     let nats = TestNats::start();
     let reg = TestRegistry::start();
-    let base = push_base(&reg, &npm);
+    let base = push_host_base(&reg.addr, &npm, &[]);
     let metrics_port = free_port();
     let metrics = format!("127.0.0.1:{metrics_port}");
     let _w = worker(
@@ -234,7 +182,7 @@ fn submit_wait_builds_pushes_runs_and_records_one_revision() {
     let same: serde_json::Value = serde_json::from_slice(&same.stdout).unwrap();
     assert_eq!(same["digest"], revision["digest"]);
 
-    let rt = rt();
+    let rt = tokio_rt();
     rt.block_on(async {
         let queue = Queue::connect(&nats.url).await.unwrap();
         let all = kiln_queue::revisions::list(&queue, "hello").await.unwrap();
@@ -272,9 +220,9 @@ fn bad_jobs_fail_fast_with_a_reason_and_good_jobs_complete() {
     let npm = npm_cache(tmp.path());
     let nats = TestNats::start();
     let reg = TestRegistry::start();
-    let base = push_base(&reg, &npm);
+    let base = push_host_base(&reg.addr, &npm, &[]);
     let _w = worker(&nats, &reg, &base, &tmp.path().join("w"), &npm, &[]);
-    let rt = rt();
+    let rt = tokio_rt();
     rt.block_on(async {
         let queue = Queue::connect(&nats.url).await.unwrap();
         let mut events = queue.client.subscribe("kiln.events.>").await.unwrap();
@@ -304,15 +252,7 @@ fn bad_jobs_fail_fast_with_a_reason_and_good_jobs_complete() {
             .await
             .unwrap();
         // An invalid package.json, then a good job.
-        let sub = |dir: PathBuf, app: &str, id: &str| Submission {
-            dir,
-            app: app.into(),
-            runtime: None,
-            base: None,
-            env: vec![],
-            job_id: Some(id.into()),
-            deploy: Default::default(),
-        };
+        let sub = submission;
         let scratch = tmp.path().join("submit");
         submit(
             &queue,
@@ -383,7 +323,7 @@ fn two_workers_fifty_jobs_ten_apps_exactly_one_revision_each() {
     let npm = npm_cache(tmp.path());
     let nats = TestNats::start();
     let reg = TestRegistry::start();
-    let base = push_base(&reg, &npm);
+    let base = push_host_base(&reg.addr, &npm, &[]);
     let _w1 = worker(
         &nats,
         &reg,
@@ -400,24 +340,22 @@ fn two_workers_fifty_jobs_ten_apps_exactly_one_revision_each() {
         &npm,
         &["--jobs", "3"],
     );
-    let rt = rt();
+    let rt = tokio_rt();
     rt.block_on(async {
         let queue = Queue::connect(&nats.url).await.unwrap();
         let scratch = tmp.path().join("submit");
         let mut jobs = Vec::new();
         for i in 0..50 {
             let app = format!("app{}", i % 10);
-            let dir = app_variant(tmp.path(), &format!("src{i}"), &format!("hi {i}"));
+            let dir = faas_variant(
+                tmp.path(),
+                &format!("src{i}"),
+                "hello",
+                "greeting",
+                &format!("hi {i}"),
+            );
             let id = format!("job-{i}");
-            let submission = Submission {
-                dir,
-                app: app.clone(),
-                runtime: None,
-                base: None,
-                env: vec![],
-                job_id: Some(id.clone()),
-                deploy: Default::default(),
-            };
+            let submission = submission(dir, &app, &id);
             submit(&queue, &submission, &scratch).await.unwrap();
             jobs.push((app, id));
         }
@@ -432,7 +370,7 @@ fn killed_workers_lose_no_job_and_double_none() {
     let npm = npm_cache(tmp.path());
     let nats = TestNats::start();
     let reg = TestRegistry::start();
-    let base = push_base(&reg, &npm);
+    let base = push_host_base(&reg.addr, &npm, &[]);
     let w1_cache = tmp.path().join("w1");
     let mut w1 = worker(&nats, &reg, &base, &w1_cache, &npm, &["--jobs", "2"]);
     let _w2 = worker(
@@ -443,24 +381,22 @@ fn killed_workers_lose_no_job_and_double_none() {
         &npm,
         &["--jobs", "2"],
     );
-    let rt = rt();
+    let rt = tokio_rt();
     rt.block_on(async {
         let queue = Queue::connect(&nats.url).await.unwrap();
         let scratch = tmp.path().join("submit");
         let mut jobs = Vec::new();
         for i in 0..24 {
             let app = format!("kill{}", i % 4);
-            let dir = app_variant(tmp.path(), &format!("k{i}"), &format!("k {i}"));
+            let dir = faas_variant(
+                tmp.path(),
+                &format!("k{i}"),
+                "hello",
+                "greeting",
+                &format!("k {i}"),
+            );
             let id = format!("kill-{i}");
-            let submission = Submission {
-                dir,
-                app: app.clone(),
-                runtime: None,
-                base: None,
-                env: vec![],
-                job_id: Some(id.clone()),
-                deploy: Default::default(),
-            };
+            let submission = submission(dir, &app, &id);
             submit(&queue, &submission, &scratch).await.unwrap();
             jobs.push((app, id));
         }
@@ -485,15 +421,7 @@ async fn submit_and_wait(
     job_id: &str,
     scratch: &Path,
 ) -> Revision {
-    let submission = Submission {
-        dir,
-        app: app.into(),
-        runtime: None,
-        base: None,
-        env: vec![],
-        job_id: Some(job_id.into()),
-        deploy: Default::default(),
-    };
+    let submission = submission(dir, app, job_id);
     submit(queue, &submission, scratch).await.unwrap();
     let done = wait_for_revisions(
         queue,
@@ -510,8 +438,8 @@ fn deps_layer_built_by_one_worker_is_a_cache_hit_on_another() {
     let npm = npm_cache(tmp.path());
     let nats = TestNats::start();
     let reg = TestRegistry::start();
-    let base = push_base(&reg, &npm);
-    let rt = rt();
+    let base = push_host_base(&reg.addr, &npm, &[]);
+    let rt = tokio_rt();
     let scratch = tmp.path().join("submit");
     let express = root().join("fixtures/app-express");
     let queue = rt.block_on(Queue::connect(&nats.url)).unwrap();
@@ -555,10 +483,10 @@ fn queue_drains_across_nats_and_registry_restarts_and_sigterm_stops_a_worker() {
     let npm = npm_cache(tmp.path());
     let mut nats = TestNats::start();
     let mut reg = TestRegistry::start();
-    let base = push_base(&reg, &npm);
+    let base = push_host_base(&reg.addr, &npm, &[]);
     let mut w1 = worker(&nats, &reg, &base, &tmp.path().join("w1"), &npm, &[]);
     let _w2 = worker(&nats, &reg, &base, &tmp.path().join("w2"), &npm, &[]);
-    let rt = rt();
+    let rt = tokio_rt();
     // The registry is down while the jobs arrive: every push fails and is retried.
     reg.down();
     let jobs = rt.block_on(async {
@@ -567,17 +495,15 @@ fn queue_drains_across_nats_and_registry_restarts_and_sigterm_stops_a_worker() {
         let mut jobs = Vec::new();
         for i in 0..40 {
             let app = format!("rs{}", i % 4);
-            let dir = app_variant(tmp.path(), &format!("r{i}"), &format!("r {i}"));
+            let dir = faas_variant(
+                tmp.path(),
+                &format!("r{i}"),
+                "hello",
+                "greeting",
+                &format!("r {i}"),
+            );
             let id = format!("restart-{i}");
-            let submission = Submission {
-                dir,
-                app: app.clone(),
-                runtime: None,
-                base: None,
-                env: vec![],
-                job_id: Some(id.clone()),
-                deploy: Default::default(),
-            };
+            let submission = submission(dir, &app, &id);
             submit(&queue, &submission, &scratch).await.unwrap();
             jobs.push((app, id));
         }

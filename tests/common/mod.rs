@@ -246,3 +246,68 @@ pub fn skopeo_inspect(reference: &str, raw: bool) -> serde_json::Value {
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// The layer cache shared by the tests of one `cargo test` run (the host base is built once).
+pub fn shared_cache() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kiln-cache")
+}
+
+/// Pushes the host base to `<registry>/base/node:20` (with `env` for kiln, e.g. credentials)
+/// and returns that reference.
+pub fn push_host_base(registry: &str, npm: &Path, env: &[(&str, &str)]) -> String {
+    let base = format!("{registry}/base/node:20");
+    let mut cmd = kiln_cmd(&shared_cache(), npm);
+    cmd.args(["base", "from-host", "--to", &base])
+        .args(["--insecure-registry", registry]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "base from-host --to {base}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    base
+}
+
+/// A copy of `fixtures/faas-hello` at `tmp/<name>` with one more function,
+/// `functions/<function>.js`, answering `{ "<key>": <value> }`.
+pub fn faas_variant(tmp: &Path, name: &str, function: &str, key: &str, value: &str) -> PathBuf {
+    let dir = tmp.join(name);
+    let ok = Command::new("cp")
+        .arg("-r")
+        .arg(root().join("fixtures/faas-hello"))
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::fs::write(
+        dir.join(format!("functions/{function}.js")),
+        format!("module.exports = async () => ({{ {key}: {value:?} }});\n"),
+    )
+    .unwrap();
+    dir
+}
+
+/// A two-thread async runtime for talking to NATS from a test.
+pub fn tokio_rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A build job submission of `dir` as `app` with job id `job_id`.
+pub fn submission(dir: PathBuf, app: &str, job_id: &str) -> kiln_queue::submit::Submission {
+    kiln_queue::submit::Submission {
+        dir,
+        app: app.into(),
+        runtime: None,
+        base: None,
+        env: vec![],
+        job_id: Some(job_id.into()),
+        deploy: Default::default(),
+    }
+}
