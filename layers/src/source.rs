@@ -150,10 +150,12 @@ impl SourceTree {
                 .file_name()
                 .into_string()
                 .map_err(|_| Error::NonUtf8Name(path.clone()))?;
-            children.push((name, path));
+            // lstat relative to the open directory: no walk of the whole path per entry.
+            let meta = item.metadata().map_err(Error::io("stat", &path))?;
+            children.push((name, path, meta));
         }
-        children.sort();
-        for (name, path) in children {
+        children.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, path, meta) in children {
             if never_ships(&name) || (rel_dir.is_empty() && options.exclude_top.contains(&name)) {
                 continue;
             }
@@ -162,7 +164,6 @@ impl SourceTree {
             } else {
                 format!("{rel_dir}/{name}")
             };
-            let meta = fs::symlink_metadata(&path).map_err(Error::io("stat", &path))?;
             let ft = meta.file_type();
             if ignore.matched(&rel, ft.is_dir()).is_ignore() {
                 continue;
