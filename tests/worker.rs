@@ -540,3 +540,53 @@ fn queue_drains_across_nats_and_registry_restarts_and_sigterm_stops_a_worker() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[test]
+fn a_job_failing_transiently_on_every_delivery_gives_up_and_leaves_the_queue() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let nats = TestNats::start();
+    let reg = TestRegistry::start();
+    let base = push_host_base(&reg.addr, &npm, &[]);
+    let _w = worker(&nats, &reg, &base, &tmp.path().join("w"), &npm, &[]);
+    let rt = tokio_rt();
+    rt.block_on(async {
+        use futures_util::StreamExt;
+        let queue = Queue::connect(&nats.url).await.unwrap();
+        let mut events = queue.client.subscribe("kiln.events.doomed").await.unwrap();
+        // Its base is on a registry nobody listens on: a transient fault, every time.
+        let mut job = submission(root().join("fixtures/faas-hello"), "doomed", "doomed");
+        job.base = Some(format!("127.0.0.1:{}/base/node:20", free_port()));
+        submit(&queue, &job, &tmp.path().join("submit"))
+            .await
+            .unwrap();
+        let mut retryable = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let last = loop {
+            let msg = tokio::time::timeout_at(deadline, events.next())
+                .await
+                .expect("a final failure in time")
+                .unwrap();
+            let event: kiln_queue::Event = serde_json::from_slice(&msg.payload).unwrap();
+            match event.kind {
+                kiln_queue::EventKind::Failed {
+                    retryable: true, ..
+                } => retryable += 1,
+                kiln_queue::EventKind::Failed { reason, .. } => break reason,
+                kiln_queue::EventKind::Revision { .. } => panic!("a revision without a base"),
+                _ => {}
+            }
+        };
+        assert_eq!(retryable, 4, "retried before giving up");
+        assert!(
+            last.contains("gave up after 5 attempts") && last.contains("cannot connect"),
+            "{last}"
+        );
+        let mut stream = queue.js.get_stream("KILN_JOBS").await.unwrap();
+        assert_eq!(
+            stream.info().await.unwrap().state.messages,
+            0,
+            "the job stayed queued"
+        );
+    });
+}
