@@ -569,7 +569,13 @@ fn rebase(args: RebaseArgs) -> Result<()> {
     runtime()?.block_on(async move {
         let queue = kiln_queue::Queue::connect(&args.nats).await?;
         if let (Some(runtime), Some(to)) = (&args.runtime, &args.to) {
-            return rebase_runtime(&queue, runtime, to, args.timeout_secs, args.json).await;
+            // Apps already on the target (same manifest digest) are left as they are.
+            let store = kiln_layers::BlobStore::open_or_create(&cache_dir)?;
+            let (_, target, _) =
+                kiln_builder::pull::pull_metadata(&registry, to, &platform, &store).await?;
+            let target = target.digest.to_string();
+            return rebase_runtime(&queue, runtime, to, &target, args.timeout_secs, args.json)
+                .await;
         }
         let app = args.app.as_deref().expect("clap requires APP");
         let base = args
@@ -613,15 +619,36 @@ async fn rebase_runtime(
     queue: &kiln_queue::Queue,
     runtime: &str,
     to: &str,
+    to_digest: &str,
     timeout_secs: u64,
     json: bool,
 ) -> Result<()> {
     use futures_util::StreamExt;
     use kiln_queue::EventKind;
     let started = std::time::Instant::now();
-    let apps = kiln_queue::rebase::apps_on_runtime(queue, runtime).await?;
+    let (already, apps): (Vec<_>, Vec<_>) = kiln_queue::rebase::apps_on_runtime(queue, runtime)
+        .await?
+        .into_iter()
+        .partition(|r| r.base_digest == to_digest);
+    if !already.is_empty() {
+        eprintln!(
+            "{} apps already on {to}: {}",
+            already.len(),
+            already
+                .iter()
+                .map(|r| r.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     if apps.is_empty() {
-        bail!("no app's latest revision runs on runtime {runtime:?}");
+        if already.is_empty() {
+            bail!("no app's latest revision runs on runtime {runtime:?}");
+        }
+        if json {
+            println!("[]");
+        }
+        return Ok(());
     }
     let mut events = queue
         .client
