@@ -10,7 +10,7 @@ use kiln_builder::registry::Registry;
 use kiln_layers::BlobStore;
 use kiln_layers::oci::Platform;
 
-use crate::nats::{self, NatsError, Queue, nats_err};
+use crate::nats::{NatsError, Queue, nats_err};
 use crate::revisions::{self, Recorded};
 use crate::schema::{LayerRecord, RebaseJob, Revision, Timings, now};
 
@@ -124,12 +124,7 @@ pub async fn rebase_revision(
         Recorded::Done(r) => *r,
         Recorded::Busy => return Err(RebaseError::Busy),
     };
-    queue
-        .publish(
-            nats::revisions_subject(&revision.app),
-            serde_json::to_vec(&revision).expect("revision"),
-        )
-        .await?;
+    revisions::announce(queue, &revision).await?;
     Ok(revision)
 }
 

@@ -205,6 +205,16 @@ pub async fn record(
     Ok(Recorded::Done(Box::new(revision)))
 }
 
+/// Publishes a recorded revision on `kiln.revisions.<app>` for the deployer.
+pub async fn announce(queue: &Queue, revision: &Revision) -> Result<(), NatsError> {
+    queue
+        .publish(
+            crate::nats::revisions_subject(&revision.app),
+            serde_json::to_vec(revision).expect("revision"),
+        )
+        .await
+}
+
 /// Records `revision` under the next free number of its app (setting `number` and `name`).
 pub async fn allocate(queue: &Queue, mut revision: Revision) -> Result<Revision, NatsError> {
     let app = revision.app.clone();

@@ -530,12 +530,7 @@ async fn process(
             ));
         }
     };
-    queue
-        .publish(
-            nats::revisions_subject(&revision.app),
-            serde_json::to_vec(&revision).expect("revision"),
-        )
-        .await?;
+    revisions::announce(queue, &revision).await?;
     Ok(revision)
 }
 
