@@ -273,6 +273,14 @@ impl RegistryArgs {
         self.client.get_or_init(|| self.new_registry()).clone()
     }
 
+    /// `--platform`, or this machine's.
+    fn platform(&self) -> Result<kiln_layers::oci::Platform> {
+        Ok(match &self.platform {
+            Some(p) => parse_platform(p)?,
+            None => host_platform(),
+        })
+    }
+
     fn new_registry(&self) -> Registry {
         Registry::new(RegistryOptions {
             insecure: self.insecure.clone(),
@@ -440,10 +448,7 @@ fn run(cli: Cli) -> Result<()> {
 
 fn worker(args: WorkerArgs) -> Result<()> {
     let cache_dir = cache_dir(args.common.cache_dir)?;
-    let platform = match &args.registry_args.platform {
-        Some(p) => parse_platform(p)?,
-        None => host_platform(),
-    };
+    let platform = args.registry_args.platform()?;
     let name = args.name.unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
         format!("{}-{}", host.trim(), std::process::id())
@@ -560,10 +565,7 @@ fn submit(args: SubmitArgs) -> Result<()> {
 }
 
 fn rebase(args: RebaseArgs) -> Result<()> {
-    let platform = match &args.registry_args.platform {
-        Some(p) => parse_platform(p)?,
-        None => host_platform(),
-    };
+    let platform = args.registry_args.platform()?;
     let cache_dir = cache_dir(args.common.cache_dir.clone())?;
     let registry = args.registry_args.registry();
     runtime()?.block_on(async move {
@@ -851,10 +853,7 @@ fn base_source(
             tag: tag.into(),
         });
     }
-    let platform = match &args.platform {
-        Some(p) => parse_platform(p)?,
-        None => host_platform(),
-    };
+    let platform = args.platform()?;
     let store = kiln_layers::BlobStore::open_or_create(cache_dir)?;
     let registry = args.registry();
     let (name, manifest, cache_hit) =

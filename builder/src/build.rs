@@ -285,7 +285,9 @@ pub fn build_runtime_base(
     Ok(Built::new(store, manifest, &image))
 }
 
-fn parse_env(env: &[String]) -> Result<Vec<(String, String)>> {
+/// Splits `KEY=value` pairs, refusing keys that are not letters, digits and `_` (not starting
+/// with a digit).
+pub fn parse_env(env: &[String]) -> Result<Vec<(String, String)>> {
     env.iter()
         .map(|kv| {
             let (k, v) = kv

@@ -11,7 +11,7 @@ use crate::build::{
     ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME, ANNOTATION_RUNTIME, LABEL_RUNTIME,
 };
 use crate::pull::pull_metadata;
-use crate::registry::Registry;
+use crate::registry::{Registry, repository_of};
 use crate::{BuildError, Built, Result};
 
 /// Manifest annotation: the image a rebased image was made from.
@@ -85,14 +85,11 @@ pub async fn rebase(
         let d = Descriptor::new(kiln_layers::oci::MEDIA_TYPE_MANIFEST, base_desc, size);
         load(store, base_name.clone(), &d)?
     } else {
-        let repo = base_name
-            .rsplit_once('@')
-            .map(|(r, _)| r)
-            .unwrap_or(base_name);
-        let repo = match repo.rsplit_once(':') {
-            Some((r, tag)) if !tag.contains('/') => r,
-            _ => repo,
-        };
+        let repo = repository_of(base_name).ok_or_else(|| {
+            refuse(format!(
+                "its base name {base_name:?} is not an image reference"
+            ))
+        })?;
         let by_digest = format!("{repo}@{base_digest}");
         let (n, d, _) = pull_metadata(registry, &by_digest, platform, store)
             .await
@@ -169,17 +166,11 @@ pub async fn rebase(
     );
     annotations.insert(
         ANNOTATION_REBASED_FROM.into(),
-        format!("{}@{old_digest}", strip_tag(&old.name)),
+        format!(
+            "{}@{old_digest}",
+            repository_of(&old.name).unwrap_or_else(|| old.name.clone())
+        ),
     );
     let (manifest, image) = store.write_image(&config, layers, annotations)?;
     Ok(Built::new(store.clone(), manifest, &image))
-}
-
-/// `host/repo` of `host/repo:tag` or `host/repo@digest`.
-fn strip_tag(name: &str) -> &str {
-    let name = name.split_once('@').map(|(n, _)| n).unwrap_or(name);
-    match name.rsplit_once(':') {
-        Some((n, tag)) if !tag.contains('/') => n,
-        _ => name,
-    }
 }

@@ -120,17 +120,7 @@ impl BuildJob {
 
     /// Checks every field.
     pub fn validate(&self) -> Result<(), InvalidJob> {
-        if self.schema_version != SCHEMA_VERSION {
-            return Err(invalid(
-                "schema_version",
-                format!(
-                    "{} is not supported (expected {SCHEMA_VERSION})",
-                    self.schema_version
-                ),
-            ));
-        }
-        validate_job_id(&self.job_id)?;
-        validate_app(&self.app)?;
+        validate_header(self.schema_version, &self.job_id, &self.app)?;
         let hex = self.source.strip_prefix("sha256-").unwrap_or("");
         if hex.len() != 64
             || !hex
@@ -161,18 +151,7 @@ impl BuildJob {
                 .map_err(|e| invalid("base", e.to_string()))?;
         }
         self.deploy.validate()?;
-        for kv in &self.env {
-            let key = kv.split_once('=').map(|(k, _)| k).unwrap_or("");
-            let ok = !key.is_empty()
-                && !key.starts_with(|c: char| c.is_ascii_digit())
-                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !ok {
-                return Err(invalid(
-                    "env",
-                    format!("{kv:?} is not KEY=value with KEY of letters, digits and _"),
-                ));
-            }
-        }
+        kiln_builder::build::parse_env(&self.env).map_err(|e| invalid("env", e.to_string()))?;
         Ok(())
     }
 }
@@ -198,17 +177,7 @@ pub struct RebaseJob {
 impl RebaseJob {
     /// Checks every field.
     pub fn validate(&self) -> Result<(), InvalidJob> {
-        if self.schema_version != SCHEMA_VERSION {
-            return Err(invalid(
-                "schema_version",
-                format!(
-                    "{} is not supported (expected {SCHEMA_VERSION})",
-                    self.schema_version
-                ),
-            ));
-        }
-        validate_job_id(&self.job_id)?;
-        validate_app(&self.app)?;
+        validate_header(self.schema_version, &self.job_id, &self.app)?;
         if let Some(r) = &self.revision
             && !r.starts_with(&format!("{}-", self.app))
         {
@@ -260,6 +229,18 @@ impl Job {
             Job::Rebase(j) => &j.app,
         }
     }
+}
+
+/// The fields every job has: schema version, job id, app.
+fn validate_header(schema_version: u32, job_id: &str, app: &str) -> Result<(), InvalidJob> {
+    if schema_version != SCHEMA_VERSION {
+        return Err(invalid(
+            "schema_version",
+            format!("{schema_version} is not supported (expected {SCHEMA_VERSION})"),
+        ));
+    }
+    validate_job_id(job_id)?;
+    validate_app(app)
 }
 
 /// Job ids: 1–64 of `A-Za-z0-9_-` (they are NATS subject tokens and KV keys).

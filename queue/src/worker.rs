@@ -230,56 +230,39 @@ async fn handle(ctx: &Ctx, message: jetstream::Message) {
                 tracing::warn!("ack of job {}: {e}", job.job_id());
             }
         }
-        Err(JobError::Permanent(reason)) => {
-            tracing::warn!("job {} failed: {reason}", job.job_id());
-            ctx.metrics.failed();
+        Err(error) => {
+            // Bad input ends at once; a transient fault is retried until deliveries run out.
+            let (reason, retry) = match error {
+                JobError::Permanent(reason) => (reason, false),
+                JobError::Transient(reason) if delivered >= MAX_DELIVER as u64 => (
+                    format!("gave up after {delivered} attempts: {reason}"),
+                    false,
+                ),
+                JobError::Transient(reason) => (reason, true),
+            };
+            tracing::warn!("job {} attempt {delivered} failed: {reason}", job.job_id());
+            if retry {
+                ctx.metrics.retried();
+            } else {
+                ctx.metrics.failed();
+            }
             event(
                 ctx,
                 job.job_id(),
                 Some(job.app()),
                 EventKind::Failed {
                     reason,
-                    retryable: false,
+                    retryable: retry,
                 },
             )
             .await;
-            let _ = message.ack_with(AckKind::Term).await;
-        }
-        Err(JobError::Transient(reason)) => {
-            let last = delivered >= MAX_DELIVER as u64;
-            tracing::warn!(
-                "job {} attempt {delivered} failed: {reason}{}",
-                job.job_id(),
-                if last { " (giving up)" } else { "" }
-            );
-            if last {
-                ctx.metrics.failed();
-                event(
-                    ctx,
-                    job.job_id(),
-                    Some(job.app()),
-                    EventKind::Failed {
-                        reason: format!("gave up after {delivered} attempts: {reason}"),
-                        retryable: false,
-                    },
-                )
-                .await;
-                let _ = message.ack_with(AckKind::Term).await;
-            } else {
-                ctx.metrics.retried();
-                event(
-                    ctx,
-                    job.job_id(),
-                    Some(job.app()),
-                    EventKind::Failed {
-                        reason,
-                        retryable: true,
-                    },
-                )
-                .await;
+            let ack = if retry {
                 let delay = Duration::from_millis(500 * (1 << (delivered - 1).min(6)));
-                let _ = message.ack_with(AckKind::Nak(Some(delay))).await;
-            }
+                AckKind::Nak(Some(delay))
+            } else {
+                AckKind::Term
+            };
+            let _ = message.ack_with(ack).await;
         }
     }
 }
@@ -444,20 +427,13 @@ async fn process(
     // Push, then record the revision; only then is the job acked.
     let push_started = Instant::now();
     // Tagged by source digest; the revision pins the manifest digest.
-    let target = format!(
-        "{}/{}:src-{}",
-        ctx.opts.repository,
-        job.app,
-        &job.source["sha256-".len()..][..16]
-    );
+    let repository = format!("{}/{}", ctx.opts.repository, job.app);
+    let target = format!("{repository}:src-{}", &job.source["sha256-".len()..][..16]);
     let pushed = push_image(&ctx.opts.registry, &built, &target)
         .await
         .map_err(JobError::from)?;
     let push_ms = push_started.elapsed().as_millis() as u64;
-    let image = format!(
-        "{}/{}@{}",
-        ctx.opts.repository, job.app, built.manifest.digest
-    );
+    let image = format!("{repository}@{}", built.manifest.digest);
     event(
         ctx,
         &job.job_id,
@@ -480,7 +456,7 @@ async fn process(
             .map_err(|e| JobError::Transient(e.to_string()))?,
     )
     .map_err(|e| JobError::Transient(e.to_string()))?;
-    share_deps_layers(ctx, &built, &manifest, &made_deps, &target).await;
+    share_deps_layers(ctx, &built, &manifest, &made_deps, &repository).await;
     let port = exposed_port(&built, &manifest).unwrap_or(8080);
     let annotation = |key: &str| manifest.annotations.get(key).cloned().unwrap_or_default();
     let base_layers = manifest.layers.len().saturating_sub(layers.len());
@@ -572,14 +548,14 @@ fn exposed_port(built: &kiln_builder::Built, manifest: &kiln_layers::ImageManife
         .find_map(|p| p.strip_suffix("/tcp")?.parse().ok())
 }
 
-/// Records the dependency layers this job made (now pushed to `target`'s repository) in the
-/// shared layer cache, so other workers mount them instead of building them.
+/// Records the dependency layers this job made (now pushed to `repository`) in the shared
+/// layer cache, so other workers mount them instead of building them.
 async fn share_deps_layers(
     ctx: &Ctx,
     built: &kiln_builder::Built,
     manifest: &kiln_layers::ImageManifest,
     made: &[(kiln_layers::Digest, kiln_layers::Descriptor)],
-    target: &str,
+    repository: &str,
 ) {
     if made.is_empty() {
         return;
@@ -594,7 +570,6 @@ async fn share_deps_layers(
     else {
         return;
     };
-    let repository = target.rsplit_once(':').map(|(r, _)| r).unwrap_or(target);
     for (key, descriptor) in made {
         let Some(index) = manifest.layers.iter().position(|l| l == descriptor) else {
             continue;

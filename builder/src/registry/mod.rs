@@ -24,7 +24,7 @@ use oci_client::{Client, Reference};
 
 pub use auth::{Credentials, ENV_PASSWORD, ENV_TOKEN, ENV_USER, credentials_for};
 pub use error::{Answer, RegistryError};
-pub use reference::parse_reference;
+pub use reference::{parse_reference, repository_of};
 pub use retry::RetryPolicy;
 
 /// Media types accepted when pulling a manifest.

@@ -96,6 +96,13 @@ pub fn parse_reference(reference: &str) -> Result<Reference, RegistryError> {
     })
 }
 
+/// `host[:port]/repository` of a reference, without its tag or digest (`None` when it does
+/// not parse).
+pub fn repository_of(reference: &str) -> Option<String> {
+    let r = parse_reference(reference).ok()?;
+    Some(format!("{}/{}", r.registry(), r.repository()))
+}
+
 /// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
 fn component_ok(component: &str) -> bool {
     let bytes = component.as_bytes();
