@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::nats::TestNats;
@@ -20,16 +20,10 @@ use kiln_layers::validate::validate_blobs;
 use kiln_queue::submit::submit;
 use kiln_queue::{EventKind, Queue};
 
-fn start_worker(nats: &str, registry: &str, base: &str, cache: &Path, npm: &Path) -> Child {
-    kiln_cmd(cache, npm)
-        .args(["worker", "--nats", nats, "--registry", registry])
-        .args(["--insecure-registry", registry, "--base", base])
-        .args(["--ack-wait-secs", "2", "--jobs", "3"])
-        .env("KILN_REGISTRY_BACKOFF_MS", "50")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+/// A worker with a short ack wait (quick redelivery after a kill).
+fn fault_worker(nats: &str, registry: &str, base: &str, cache: &Path, npm: &Path) -> TestWorker {
+    let args = ["--ack-wait-secs", "2", "--jobs", "3"];
+    start_worker(nats, registry, base, cache, npm, &args, Stdio::null())
 }
 
 #[test]
@@ -44,9 +38,9 @@ fn a_hundred_jobs_through_kills_cut_connections_and_a_nats_restart() {
     let nats_via = format!("nats://{}", nats_proxy.addr);
     let base = push_host_base(&reg_proxy.addr, &npm, &[]);
     let caches = [tmp.path().join("w1"), tmp.path().join("w2")];
-    let mut workers: Vec<Child> = caches
+    let mut workers: Vec<TestWorker> = caches
         .iter()
-        .map(|c| start_worker(&nats_via, &reg_proxy.addr, &base, c, &npm))
+        .map(|c| fault_worker(&nats_via, &reg_proxy.addr, &base, c, &npm))
         .collect();
 
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -85,10 +79,9 @@ fn a_hundred_jobs_through_kills_cut_connections_and_a_nats_restart() {
         );
         match round % 4 {
             0 if round < 24 => {
-                let w = &mut workers[0];
-                let _ = w.kill();
-                let _ = w.wait();
-                *w = start_worker(&nats_via, &reg_proxy.addr, &base, &caches[0], &npm);
+                let _ = workers[0].child.kill();
+                let _ = workers[0].child.wait();
+                workers[0] = fault_worker(&nats_via, &reg_proxy.addr, &base, &caches[0], &npm);
             }
             1 if round < 24 => nats_proxy.cut_all(),
             2 if round < 24 => {
@@ -176,10 +169,7 @@ fn a_hundred_jobs_through_kills_cut_connections_and_a_nats_restart() {
             assert_eq!(numbers, recorded, "{app}: a revision without its job");
         }
     });
-    for w in &mut workers {
-        let _ = w.kill();
-        let _ = w.wait();
-    }
+    drop(workers);
     // The caches the killed workers left behind hold only whole, correct blobs.
     for cache in &caches {
         let store = BlobStore::open(cache).unwrap();

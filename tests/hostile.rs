@@ -10,7 +10,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::nats::TestNats;
@@ -233,13 +233,13 @@ fn scratch_left(cache: &Path) -> Vec<String> {
 }
 
 struct Worker {
-    child: Child,
+    process: TestWorker,
     log: PathBuf,
 }
 
 impl Worker {
     fn assert_alive(&mut self, when: &str) {
-        let status = self.child.try_wait().expect("worker status");
+        let status = self.process.child.try_wait().expect("worker status");
         assert!(
             status.is_none(),
             "{when}: the worker exited with {status:?}\n{}",
@@ -252,13 +252,6 @@ impl Worker {
     }
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// Starts `kiln worker` with its own cache directory; its log goes to `log`.
 fn worker(
     nats: &TestNats,
@@ -268,15 +261,10 @@ fn worker(
     npm: &Path,
     log: &Path,
 ) -> Worker {
-    let mut cmd = kiln_cmd(cache, npm);
-    cmd.args(["worker", "--nats", &nats.url, "--registry", &reg.addr])
-        .args(["--insecure-registry", &reg.addr, "--base", base])
-        .args(["--ack-wait-secs", "3", "--grace-secs", "10", "--jobs", "4"])
-        .env("KILN_REGISTRY_BACKOFF_MS", "50")
-        .stdout(Stdio::null())
-        .stderr(fs::File::create(log).unwrap());
+    let args = ["--ack-wait-secs", "3", "--grace-secs", "10", "--jobs", "4"];
+    let stderr = Stdio::from(fs::File::create(log).unwrap());
     Worker {
-        child: cmd.spawn().unwrap(),
+        process: start_worker(&nats.url, &reg.addr, base, cache, npm, &args, stderr),
         log: log.to_owned(),
     }
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::nats::TestNats;
@@ -14,18 +14,7 @@ use common::*;
 use kiln_queue::submit::submit;
 use kiln_queue::{Queue, Revision};
 
-struct Worker {
-    child: Child,
-}
-
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts `kiln worker` with its own cache directory.
+/// Starts `kiln worker` with its own cache directory (ack wait 3 s, grace 10 s).
 fn worker(
     nats: &TestNats,
     reg: &TestRegistry,
@@ -33,18 +22,10 @@ fn worker(
     cache: &Path,
     npm: &Path,
     extra: &[&str],
-) -> Worker {
-    let mut cmd = kiln_cmd(cache, npm);
-    cmd.args(["worker", "--nats", &nats.url, "--registry", &reg.addr])
-        .args(["--insecure-registry", &reg.addr, "--base", base])
-        .args(["--ack-wait-secs", "3", "--grace-secs", "10"])
-        .args(extra)
-        .env("KILN_REGISTRY_BACKOFF_MS", "50")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    Worker {
-        child: cmd.spawn().unwrap(),
-    }
+) -> TestWorker {
+    let mut args = vec!["--ack-wait-secs", "3", "--grace-secs", "10"];
+    args.extend(extra);
+    start_worker(&nats.url, &reg.addr, base, cache, npm, &args, Stdio::null())
 }
 
 /// Waits until every job id has a `job.<id>` revision index; returns job id → revision.

@@ -311,3 +311,40 @@ pub fn submission(dir: PathBuf, app: &str, job_id: &str) -> kiln_queue::submit::
         deploy: Default::default(),
     }
 }
+
+/// A `kiln worker` process, killed on drop.
+pub struct TestWorker {
+    /// The process.
+    pub child: std::process::Child,
+}
+
+impl Drop for TestWorker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `kiln worker` on `nats` pushing to the plain-HTTP `registry`, with default base
+/// `base`, its own `cache`, fast registry retries, `args` (ack wait, jobs, …) and its stderr
+/// going to `stderr`.
+pub fn start_worker(
+    nats: &str,
+    registry: &str,
+    base: &str,
+    cache: &Path,
+    npm: &Path,
+    args: &[&str],
+    stderr: Stdio,
+) -> TestWorker {
+    let mut cmd = kiln_cmd(cache, npm);
+    cmd.args(["worker", "--nats", nats, "--registry", registry])
+        .args(["--insecure-registry", registry, "--base", base])
+        .args(args)
+        .env("KILN_REGISTRY_BACKOFF_MS", "50")
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    TestWorker {
+        child: cmd.spawn().unwrap(),
+    }
+}
