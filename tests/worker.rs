@@ -48,13 +48,33 @@ async fn wait_for_revisions(
         if done.len() == jobs.len() {
             return done;
         }
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {} jobs have a revision",
-            done.len(),
-            jobs.len()
-        );
+        if Instant::now() >= deadline {
+            let mut missing = Vec::new();
+            for (_, job) in jobs.iter().filter(|(_, job)| !done.contains_key(job)) {
+                missing.push(format!("{job}: {}", last_event(queue, job).await));
+            }
+            panic!(
+                "only {} of {} jobs have a revision; last events of the others:\n{}",
+                done.len(),
+                jobs.len(),
+                missing.join("\n")
+            );
+        }
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The last event recorded for `job_id`, as JSON text, for a failure message.
+async fn last_event(queue: &Queue, job_id: &str) -> String {
+    let Ok(stream) = queue.js.get_stream(kiln_queue::nats::EVENTS_STREAM).await else {
+        return "(no events stream)".into();
+    };
+    match stream
+        .get_last_raw_message_by_subject(&kiln_queue::nats::events_subject(job_id))
+        .await
+    {
+        Ok(message) => String::from_utf8_lossy(&message.payload).into_owned(),
+        Err(e) => format!("(no event: {e})"),
     }
 }
 
@@ -392,6 +412,38 @@ fn killed_workers_lose_no_job_and_double_none() {
         assert_exactly_one_each(&queue, &done).await;
     });
     drop(w1);
+}
+
+/// An attempt that died between claiming its job and recording the revision leaves a fresh
+/// claim behind: the redelivered job waits it out and takes it over instead of using up its
+/// deliveries on "busy" and failing.
+#[test]
+fn a_claim_left_by_a_dead_attempt_is_taken_over_not_fatal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let nats = TestNats::start();
+    let reg = TestRegistry::start();
+    let base = push_host_base(&reg.addr, &npm, &[]);
+    let _w = worker(&nats, &reg, &base, &tmp.path().join("w"), &npm, &[]);
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let queue = Queue::connect(&nats.url).await.unwrap();
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis();
+        queue
+            .revisions
+            .put("claim.orphan-1", now_ms.to_string().into())
+            .await
+            .unwrap();
+        let dir = faas_variant(tmp.path(), "orphan", "hello", "greeting", "orphan");
+        let scratch = tmp.path().join("submit");
+        let revision = submit_and_wait(&queue, dir, "orphan", "orphan-1", &scratch).await;
+        assert_eq!(revision.name, "orphan-00001");
+        let all = kiln_queue::revisions::list(&queue, "orphan").await.unwrap();
+        assert_eq!(all.len(), 1, "{all:?}");
+    });
 }
 
 /// Submits `dir` as `app` with `job_id` and waits for its revision.

@@ -7,6 +7,7 @@
 
 use async_nats::jetstream::kv::CreateErrorKind;
 use bytes::Bytes;
+use std::time::Duration;
 
 use crate::nats::{NatsError, Queue, nats_err};
 use crate::schema::{Revision, revision_name};
@@ -138,71 +139,104 @@ pub async fn index(
 }
 
 /// How long a claim to record a job's revision is honoured: recording takes milliseconds, so
-/// an older claim belongs to a worker that died in between.
-const CLAIM_STALE_SECS: u64 = 60;
+/// an older claim belongs to an attempt that died in between and may be taken over.
+const CLAIM_STALE: Duration = Duration::from_secs(10);
+
+/// How often [`record`] looks again at a claim held by another attempt.
+const CLAIM_POLL: Duration = Duration::from_millis(250);
 
 /// The outcome of [`record`].
 pub enum Recorded {
     /// The job's revision (new, or recorded earlier by another attempt).
     Done(Box<Revision>),
-    /// Another attempt of this job is recording its revision right now: try again shortly.
+    /// Another attempt of this job still held a fresh claim after [`record`] waited for it:
+    /// try again later.
     Busy,
 }
 
 /// Records `revision` as the one revision of its job: claims the job (`claim.<job_id>`, one
 /// atomic create), checks that no earlier attempt recorded it, then takes the next number and
 /// writes the indexes. Two attempts of one job (a redelivery while the first still runs) get
-/// the same revision.
+/// the same revision. While another attempt holds a fresh claim this waits (the caller keeps
+/// its message alive), so an attempt that died mid-record costs one claim lifetime, not the
+/// job's deliveries.
 pub async fn record(
     queue: &Queue,
     revision: Revision,
     inputs_key: Option<&str>,
 ) -> Result<Recorded, NatsError> {
-    let key = format!("claim.{}", revision.job_id);
-    let now_secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let claim = Bytes::from(now_secs.to_string());
-    match queue.revisions.create(&key, claim.clone()).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
-            if let Some(done) = by_job(queue, &revision.app, &revision.job_id, true).await? {
-                return Ok(Recorded::Done(Box::new(done)));
+    let deadline = tokio::time::Instant::now() + CLAIM_STALE * 3;
+    loop {
+        match claim(queue, &revision).await? {
+            Claim::Ours => break,
+            Claim::Recorded(done) => return Ok(Recorded::Done(done)),
+            Claim::Held if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(CLAIM_POLL).await
             }
-            let entry = queue
-                .revisions
-                .entry(&key)
-                .await
-                .map_err(nats_err("read claim"))?;
-            let Some(entry) = entry else {
-                return Ok(Recorded::Busy);
-            };
-            let claimed_at: u64 = std::str::from_utf8(&entry.value)
-                .ok()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
-            if now_secs.saturating_sub(claimed_at) < CLAIM_STALE_SECS {
-                return Ok(Recorded::Busy);
-            }
-            // The claimer died before recording: take the claim over (compare-and-set).
-            if queue
-                .revisions
-                .update(&key, claim, entry.revision)
-                .await
-                .is_err()
-            {
-                return Ok(Recorded::Busy);
-            }
-            if let Some(done) = by_job(queue, &revision.app, &revision.job_id, true).await? {
-                return Ok(Recorded::Done(Box::new(done)));
-            }
+            Claim::Held => return Ok(Recorded::Busy),
         }
-        Err(e) => return Err(nats_err("claim job")(e)),
     }
     let revision = allocate(queue, revision).await?;
     index(queue, &revision, inputs_key).await?;
     Ok(Recorded::Done(Box::new(revision)))
+}
+
+/// Who may record a job's revision.
+enum Claim {
+    /// This attempt: it holds `claim.<job_id>` and nothing is recorded yet.
+    Ours,
+    /// Nobody: an earlier attempt recorded this revision.
+    Recorded(Box<Revision>),
+    /// Another attempt, whose claim is fresh.
+    Held,
+}
+
+/// One try at claiming `revision`'s job: an atomic create, or a compare-and-set takeover of
+/// a claim older than [`CLAIM_STALE`].
+async fn claim(queue: &Queue, revision: &Revision) -> Result<Claim, NatsError> {
+    let key = format!("claim.{}", revision.job_id);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let stamp = Bytes::from(now_ms.to_string());
+    match queue.revisions.create(&key, stamp.clone()).await {
+        Ok(_) => return Ok(Claim::Ours),
+        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
+        Err(e) => return Err(nats_err("claim job")(e)),
+    }
+    if let Some(done) = by_job(queue, &revision.app, &revision.job_id, true).await? {
+        return Ok(Claim::Recorded(Box::new(done)));
+    }
+    let Some(entry) = queue
+        .revisions
+        .entry(&key)
+        .await
+        .map_err(nats_err("read claim"))?
+    else {
+        return Ok(Claim::Held);
+    };
+    let claimed_ms: u64 = std::str::from_utf8(&entry.value)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if now_ms.saturating_sub(claimed_ms) < CLAIM_STALE.as_millis() as u64 {
+        return Ok(Claim::Held);
+    }
+    // The claimer died before recording: take the claim over (compare-and-set).
+    if queue
+        .revisions
+        .update(&key, stamp, entry.revision)
+        .await
+        .is_err()
+    {
+        return Ok(Claim::Held);
+    }
+    // It may have recorded after all, between our read and the takeover.
+    match by_job(queue, &revision.app, &revision.job_id, true).await? {
+        Some(done) => Ok(Claim::Recorded(Box::new(done))),
+        None => Ok(Claim::Ours),
+    }
 }
 
 /// Publishes a recorded revision on `kiln.revisions.<app>` for the deployer.
