@@ -279,7 +279,7 @@ fn basic_auth_from_env_and_docker_config_and_clear_failures() {
     // Right password from a docker config.json `auths` entry.
     let docker = tmp.path().join("docker");
     std::fs::create_dir_all(&docker).unwrap();
-    let auth = base64(&format!("builder:{password}"));
+    let auth = base64(format!("builder:{password}").as_bytes(), false);
     std::fs::write(
         docker.join("config.json"),
         format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.addr),
@@ -347,24 +347,97 @@ fn basic_auth_from_env_and_docker_config_and_clear_failures() {
     assert!(found.stdout.is_empty(), "password in the image");
 }
 
-fn base64(text: &str) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let bytes = text.as_bytes();
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
+/// Bearer-token auth (distribution's `auth: token:` with a token server on loopback): a base
+/// pushed and pulled, an app built on it and pushed, all with tokens; wrong or missing
+/// credentials refused by the token server, named, and never echoed.
+#[test]
+fn bearer_token_auth_pushes_pulls_and_refuses_wrong_credentials() {
+    let password = "T0ken-Pa55word";
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let tokens = common::token::TokenServer::start("builder", password);
+    let reg = TestRegistry::start_with_tokens(&tokens);
+    let creds = [
+        ("KILN_REGISTRY_USER", "builder"),
+        ("KILN_REGISTRY_PASSWORD", password),
+    ];
+    let base = push_host_base(&reg.addr, &npm, &creds);
+    let image = format!("{}/apps/bearer:v1", reg.addr);
+    let fixture = root().join("fixtures/faas-hello");
+    let cache = tmp.path().join("cache");
+    let build = |env: &[(&str, &str)]| {
+        let mut cmd = kiln_cmd(&cache, &npm);
+        cmd.args(["build", fixture.to_str().unwrap(), "--image", &image])
+            .args(["--base", &base, "--insecure-registry", &reg.addr])
+            .env("DOCKER_CONFIG", tmp.path().join("no-docker-config"))
+            .env_remove("KILN_REGISTRY_USER")
+            .env_remove("KILN_REGISTRY_PASSWORD");
+        for (k, v) in env {
+            cmd.env(k, v);
         }
-    }
-    out
+        cmd.output().unwrap()
+    };
+
+    // No credentials: the registry's 401 and the image are named.
+    let out = build(&[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&base) && err.contains("401"),
+        "anonymous: {err}"
+    );
+
+    // Wrong password: refused by the token server, the password not echoed.
+    let out = build(&[
+        ("KILN_REGISTRY_USER", "builder"),
+        ("KILN_REGISTRY_PASSWORD", "wrong-T0ken"),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&base) && err.contains("401"),
+        "wrong password: {err}"
+    );
+    assert!(!err.contains("wrong-T0ken"), "password leaked: {err}");
+
+    // Right password: the base is pulled and the app pushed with tokens.
+    let out = build(&creds);
+    let err = stderr(&out);
+    let digest = ok(out, "build with bearer tokens");
+    assert!(!err.contains(password), "password leaked: {err}");
+    let answered = tokens.answered.lock().unwrap().clone();
+    let granted = |scope: &str| {
+        answered
+            .iter()
+            .any(|(s, status)| *status == 200 && s.contains(scope))
+    };
+    assert!(granted("repository:base/node:pull"), "{answered:?}");
+    assert!(granted("repository:apps/bearer:pull,push"), "{answered:?}");
+    assert!(
+        answered.iter().any(|(_, status)| *status == 401),
+        "{answered:?}"
+    );
+    // The base layers were mounted from base/node with a token granting both repositories,
+    // not uploaded again.
+    assert!(
+        granted("repository:apps/bearer:pull,push repository:base/node:pull"),
+        "{answered:?}"
+    );
+    let log = reg.log();
+    let mounted =
+        TestRegistry::requests(&log, "POST", "/v2/apps/bearer/blobs/uploads/?", Some(201));
+    let base_layers =
+        skopeo_inspect_as(&base, false, Some(&format!("builder:{password}")))["Layers"]
+            .as_array()
+            .unwrap()
+            .len();
+    assert_eq!(mounted, base_layers, "mounts into apps/bearer:\n{log}");
+
+    // skopeo, with the same credentials, pulls it back through the same tokens; it runs.
+    let pulled = format!("{}@{digest}", image.trim_end_matches(":v1"));
+    let bundle = pull_and_unpack(&pulled, Some(&format!("builder:{password}")), tmp.path());
+    let app = run(&bundle);
+    assert_eq!(http(&app, "GET", "/hello", None).0, 200);
 }
 
 #[test]

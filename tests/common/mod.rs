@@ -5,6 +5,7 @@
 pub mod nats;
 pub mod proxy;
 pub mod registry;
+pub mod token;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -233,10 +234,18 @@ pub fn pull_and_unpack(reference: &str, creds: Option<&str>, tmp: &Path) -> Path
 
 /// `skopeo inspect` of a reference in a plain-HTTP registry, as JSON.
 pub fn skopeo_inspect(reference: &str, raw: bool) -> serde_json::Value {
+    skopeo_inspect_as(reference, raw, None)
+}
+
+/// [`skopeo_inspect`] with `user:password` credentials when given.
+pub fn skopeo_inspect_as(reference: &str, raw: bool, creds: Option<&str>) -> serde_json::Value {
     let mut cmd = Command::new("skopeo");
     cmd.args(["inspect", "--tls-verify=false"]);
     if raw {
         cmd.arg("--raw");
+    }
+    if let Some(creds) = creds {
+        cmd.arg(format!("--creds={creds}"));
     }
     let out = cmd.arg(format!("docker://{reference}")).output().unwrap();
     assert!(
@@ -347,4 +356,28 @@ pub fn start_worker(
     TestWorker {
         child: cmd.spawn().unwrap(),
     }
+}
+
+/// Base64 of `bytes`: the standard alphabet with padding, or (`url`) the URL-safe one without.
+pub fn base64(bytes: &[u8], url: bool) -> String {
+    let alphabet: &[u8] = if url {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    } else {
+        b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    };
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(alphabet[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else if !url {
+                out.push('=');
+            }
+        }
+    }
+    out
 }

@@ -1,5 +1,6 @@
 //! A real registry for tests: Debian's `docker-registry` (distribution) on a free loopback
-//! port with its own storage, optionally behind htpasswd Basic auth; killed on drop.
+//! port with its own storage, optionally behind htpasswd Basic auth or Bearer tokens; killed
+//! on drop.
 
 use std::net::TcpStream;
 use std::path::PathBuf;
@@ -19,23 +20,29 @@ pub struct TestRegistry {
 impl TestRegistry {
     /// A registry without auth.
     pub fn start() -> TestRegistry {
-        Self::launch(None)
+        Self::launch(Auth::None)
     }
 
     /// A registry that wants Basic auth for `user` / `password`.
     pub fn start_with_auth(user: &str, password: &str) -> TestRegistry {
-        Self::launch(Some((user, password)))
+        Self::launch(Auth::Htpasswd(user.to_owned(), password.to_owned()))
     }
 
-    fn launch(auth: Option<(&str, &str)>) -> TestRegistry {
+    /// A registry that wants Bearer tokens from `tokens`.
+    pub fn start_with_tokens(tokens: &super::token::TokenServer) -> TestRegistry {
+        Self::launch(Auth::Token(tokens.registry_auth_section()))
+    }
+
+    fn launch(auth: Auth) -> TestRegistry {
         let dir = tempfile::tempdir().unwrap();
         let port = super::free_port();
         let addr = format!("127.0.0.1:{port}");
         let auth_section = match auth {
-            None => String::new(),
-            Some((user, password)) => {
+            Auth::None => String::new(),
+            Auth::Token(section) => section,
+            Auth::Htpasswd(user, password) => {
                 let out = Command::new("htpasswd")
-                    .args(["-Bbn", user, password])
+                    .args(["-Bbn", &user, &password])
                     .output()
                     .expect("htpasswd (apache2-utils) is installed");
                 assert!(out.status.success());
@@ -116,6 +123,15 @@ impl TestRegistry {
             std::thread::sleep(Duration::from_millis(20));
         }
     }
+}
+
+/// How a test registry authenticates.
+enum Auth {
+    None,
+    /// htpasswd Basic auth for (user, password).
+    Htpasswd(String, String),
+    /// Bearer tokens: the `auth:` section naming the token server.
+    Token(String),
 }
 
 impl Drop for TestRegistry {

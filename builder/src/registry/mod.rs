@@ -5,13 +5,14 @@
 
 mod auth;
 mod error;
+mod mount_token;
 mod reference;
 mod retry;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{StreamExt, TryStreamExt};
 use kiln_layers::{BlobStore, Descriptor};
@@ -19,7 +20,7 @@ use oci_client::RegistryOperation;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
-use oci_client::token_cache::RegistryTokenType;
+use oci_client::token_cache::{RegistryToken, RegistryTokenType};
 use oci_client::{Client, Reference};
 
 pub use auth::{Credentials, ENV_PASSWORD, ENV_TOKEN, ENV_USER, credentials_for};
@@ -44,6 +45,9 @@ pub struct RegistryOptions {
     pub retry: RetryPolicy,
 }
 
+/// (registry, target repository, source repository) of a cross-repository mount.
+type MountPair = (String, String, String);
+
 /// A registry client: credentials per registry host, retries, one connection pool.
 #[derive(Clone)]
 pub struct Registry {
@@ -52,6 +56,13 @@ pub struct Registry {
     authed: Arc<Mutex<HashSet<String>>>,
     open: Arc<Mutex<HashSet<String>>>,
     secrets: Arc<Mutex<Vec<String>>>,
+    insecure: Vec<String>,
+    /// Registries answering user and password with Bearer tokens: their user and password.
+    token_auth: Arc<Mutex<HashMap<String, (String, String)>>>,
+    /// Mount tokens by (registry, target repository, source repository), with when fetched.
+    mount_tokens: Arc<Mutex<HashMap<MountPair, (String, Instant)>>>,
+    /// A plain HTTP client for token requests, made on first use.
+    http: Arc<std::sync::OnceLock<reqwest::Client>>,
 }
 
 impl Registry {
@@ -74,6 +85,10 @@ impl Registry {
             authed: Arc::default(),
             open: Arc::default(),
             secrets: Arc::default(),
+            insecure: options.insecure,
+            token_auth: Arc::default(),
+            mount_tokens: Arc::default(),
+            http: Arc::default(),
         }
     }
 
@@ -93,10 +108,16 @@ impl Registry {
             .await;
         // Fetch a token (Bearer) or note Basic for pushes up front; failures show on the request.
         if !matches!(creds.auth, RegistryAuth::Anonymous) {
-            let _ = self
+            let token = self
                 .client
                 .auth(image, &creds.auth, RegistryOperation::Push)
                 .await;
+            if let (Ok(Some(_)), RegistryAuth::Basic(user, password)) = (token, &creds.auth) {
+                self.token_auth
+                    .lock()
+                    .expect("lock")
+                    .insert(registry.clone(), (user.clone(), password.clone()));
+            }
         } else if let Ok(None) = self
             .client
             .auth(image, &creds.auth, RegistryOperation::Pull)
@@ -200,6 +221,9 @@ impl Registry {
     /// Asks the registry to mount the blob from repository `from` (same registry). Best
     /// effort: false when the registry would not mount it.
     pub async fn mount(&self, image: &Reference, from: &Reference, digest: &str) -> bool {
+        if self.login(image).await.is_ok() {
+            self.use_mount_token(image, from).await;
+        }
         let result = self
             .call(image, &format!("mount blob {digest}"), |c| {
                 let (image, from, digest) = (image.clone(), from.clone(), digest.to_owned());
@@ -210,6 +234,71 @@ impl Registry {
             tracing::debug!("mount from {} not done: {err}", from.repository());
         }
         result.is_ok()
+    }
+
+    /// On a registry with token auth, makes the push token of `image` one that also grants
+    /// pull on `from` (fetched once a minute per pair); best effort, like the mount itself.
+    async fn use_mount_token(&self, image: &Reference, from: &Reference) {
+        let registry = image.resolve_registry().to_owned();
+        let Some((user, password)) = self
+            .token_auth
+            .lock()
+            .expect("lock")
+            .get(&registry)
+            .cloned()
+        else {
+            return;
+        };
+        let key = (
+            registry.clone(),
+            image.repository().to_owned(),
+            from.repository().to_owned(),
+        );
+        let cached = self
+            .mount_tokens
+            .lock()
+            .expect("lock")
+            .get(&key)
+            .filter(|(_, at)| at.elapsed() < mount_token::REUSE)
+            .map(|(token, _)| token.clone());
+        let token = match cached {
+            Some(token) => token,
+            None => {
+                let scheme = if self.insecure.contains(&registry) {
+                    "http"
+                } else {
+                    "https"
+                };
+                let http = self.http.get_or_init(reqwest::Client::new);
+                match mount_token::fetch(
+                    http,
+                    &format!("{scheme}://{registry}"),
+                    (&user, &password),
+                    &key.1,
+                    &key.2,
+                )
+                .await
+                {
+                    Ok(token) => {
+                        let mut tokens = self.mount_tokens.lock().expect("lock");
+                        tokens.insert(key, (token.clone(), Instant::now()));
+                        token
+                    }
+                    Err(problem) => {
+                        tracing::debug!("no mount token for {}: {problem}", image.whole());
+                        return;
+                    }
+                }
+            }
+        };
+        self.client
+            .tokens
+            .insert(
+                image,
+                RegistryOperation::Push,
+                RegistryTokenType::Bearer(RegistryToken::Token { token }),
+            )
+            .await;
     }
 
     /// Uploads the blob at `path` (digest and size known) in one streamed request.
