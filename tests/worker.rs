@@ -623,3 +623,96 @@ fn a_job_failing_transiently_on_every_delivery_gives_up_and_leaves_the_queue() {
         );
     });
 }
+
+/// A job whose worker dies on every delivery (here: killed as soon as it starts building)
+/// uses up its deliveries; the server's max-deliveries advisory is kept in
+/// `KILN_ADVISORIES`, and a worker reports the job failed and removes it from the work queue.
+#[test]
+fn a_job_that_kills_its_worker_on_every_delivery_is_given_up_and_removed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let nats = TestNats::start();
+    let reg = TestRegistry::start();
+    let base = push_host_base(&reg.addr, &npm, &[]);
+    let cache = tmp.path().join("w");
+    let start = || {
+        let args = ["--ack-wait-secs", "1", "--grace-secs", "1"];
+        start_worker(
+            &nats.url,
+            &reg.addr,
+            &base,
+            &cache,
+            &npm,
+            &args,
+            Stdio::null(),
+        )
+    };
+    // The poison job's base is on a server that accepts connections and never answers, so
+    // each delivery stays busy until the worker is killed.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let queue = Queue::connect(&nats.url).await.unwrap();
+        let mut events = queue.client.subscribe("kiln.events.poison").await.unwrap();
+        let mut job = submission(root().join("fixtures/faas-hello"), "poison", "poison");
+        job.base = Some(format!("{}/base/node:20", silent.local_addr().unwrap()));
+        submit(&queue, &job, &tmp.path().join("submit"))
+            .await
+            .unwrap();
+        for attempt in 1..=5u64 {
+            let mut w = start();
+            loop {
+                match next_event(&mut events).await.kind {
+                    kiln_queue::EventKind::Building { attempt: a, .. } => {
+                        assert_eq!(a, attempt);
+                        break;
+                    }
+                    kiln_queue::EventKind::Failed { reason, .. } => {
+                        panic!("attempt {attempt} failed instead of hanging: {reason}")
+                    }
+                    _ => {}
+                }
+            }
+            let _ = w.child.kill();
+            let _ = w.child.wait();
+        }
+        // The next worker's fetch makes the server give the job up (pull consumers redeliver
+        // on a pull); its advisory is kept in KILN_ADVISORIES for whichever worker takes it.
+        let mut advisories = queue.js.get_stream("KILN_ADVISORIES").await.unwrap();
+        let _w = start();
+        let reason = loop {
+            match next_event(&mut events).await.kind {
+                kiln_queue::EventKind::Failed {
+                    reason,
+                    retryable: false,
+                } => break reason,
+                kiln_queue::EventKind::Building { attempt, .. } => {
+                    panic!("delivered again (attempt {attempt}) after giving up")
+                }
+                _ => {}
+            }
+        };
+        assert!(reason.contains("gave up after 5 deliveries"), "{reason}");
+        let mut jobs = queue.js.get_stream("KILN_JOBS").await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while jobs.info().await.unwrap().state.messages != 0
+            || advisories.info().await.unwrap().state.messages != 0
+        {
+            assert!(Instant::now() < deadline, "the job or its advisory stayed");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // The worker goes on with the next job.
+        let dir = faas_variant(tmp.path(), "after", "hello", "greeting", "after");
+        let revision =
+            submit_and_wait(&queue, dir, "after", "after-1", &tmp.path().join("submit")).await;
+        assert_eq!(revision.name, "after-00001");
+    });
+}
+
+/// The next event on `events` (waiting at most a minute).
+async fn next_event(events: &mut async_nats::Subscriber) -> kiln_queue::Event {
+    use futures_util::StreamExt;
+    let next = tokio::time::timeout(Duration::from_secs(60), events.next());
+    let msg = next.await.expect("an event in time").unwrap();
+    serde_json::from_slice(&msg.payload).unwrap()
+}

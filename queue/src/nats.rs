@@ -9,6 +9,8 @@
 //! | `KILN_REVISIONS` on `kiln.revisions.>` | what the deployer consumes |
 //! | `kiln-revisions` | KV: revision records and indexes |
 //! | `kiln-layer-cache` | KV: layer cache key → layer descriptor and repository |
+//! | `KILN_ADVISORIES` on the `kiln-workers` max-deliveries advisory | work queue, kept while no worker runs |
+//! | `kiln-advisories` | durable pull consumer of it: one worker handles each advisory |
 
 use std::time::Duration;
 
@@ -30,10 +32,19 @@ pub const REVISIONS_STREAM: &str = "KILN_REVISIONS";
 pub const REVISIONS_BUCKET: &str = "kiln-revisions";
 /// KV of layers shared between workers (cache key → layer and repository).
 pub const LAYER_CACHE_BUCKET: &str = "kiln-layer-cache";
+/// Work-queue stream keeping the max-deliveries advisories of `kiln-workers`.
+pub const ADVISORIES_STREAM: &str = "KILN_ADVISORIES";
+/// The workers' durable consumer of [`ADVISORIES_STREAM`].
+pub const ADVISORIES_CONSUMER: &str = "kiln-advisories";
 /// How long a repeated job id is recognised as a duplicate.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// Deliveries before a job is given up.
 pub const MAX_DELIVER: i64 = 5;
+
+/// The subject on which the server reports a job that used up its deliveries.
+pub fn max_deliveries_subject() -> String {
+    format!("$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{JOBS_STREAM}.{WORKERS_CONSUMER}")
+}
 
 /// The subject of a job's events.
 pub fn events_subject(job_id: &str) -> String {
@@ -133,6 +144,18 @@ impl Queue {
         })
         .await
         .map_err(nats_err("create stream KILN_REVISIONS"))?;
+        // The server publishes advisories on core NATS only: a stream keeps them for a worker
+        // that starts later.
+        js.get_or_create_stream(stream::Config {
+            name: ADVISORIES_STREAM.into(),
+            subjects: vec![max_deliveries_subject()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            ..Default::default()
+        })
+        .await
+        .map_err(nats_err("create stream KILN_ADVISORIES"))?;
         let revisions = key_value(&js, REVISIONS_BUCKET).await?;
         let layer_cache = key_value(&js, LAYER_CACHE_BUCKET).await?;
         let sources = match js.get_object_store(SOURCES_BUCKET).await {
@@ -180,6 +203,27 @@ impl Queue {
             })
             .await
             .map_err(nats_err("create consumer kiln-workers"))
+    }
+
+    /// The durable consumer of max-deliveries advisories.
+    pub async fn advisories_consumer(&self) -> Result<consumer::PullConsumer, NatsError> {
+        let stream = self
+            .js
+            .get_stream(ADVISORIES_STREAM)
+            .await
+            .map_err(nats_err("get stream KILN_ADVISORIES"))?;
+        stream
+            .get_or_create_consumer(
+                ADVISORIES_CONSUMER,
+                consumer::pull::Config {
+                    durable_name: Some(ADVISORIES_CONSUMER.into()),
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: Duration::from_secs(30),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(nats_err("create consumer kiln-advisories"))
     }
 
     /// Publishes `payload` on `subject` through JetStream and waits for the stream's ack.

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
 use async_nats::jetstream::{self, AckKind};
 use futures_util::StreamExt;
 use kiln_builder::pull::pull_image;
@@ -591,47 +592,74 @@ async fn share_deps_layers(
 }
 
 /// Removes jobs that ran out of deliveries (a worker died on each) from the work queue and
-/// reports them failed. One worker of the queue group handles each advisory.
+/// reports them failed. The advisories wait in `KILN_ADVISORIES` until a worker runs; one
+/// worker handles each.
 async fn watch_max_deliveries(ctx: Arc<Ctx>) {
-    let subject = format!(
-        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{}",
-        nats::JOBS_STREAM,
-        nats::WORKERS_CONSUMER
-    );
-    let Ok(mut sub) = ctx
-        .queue
-        .client
-        .queue_subscribe(subject, "kiln-advisories".into())
-        .await
-    else {
-        tracing::warn!("cannot watch max-deliveries advisories");
-        return;
-    };
-    while let Some(advisory) = sub.next().await {
-        let Ok(doc) = serde_json::from_slice::<serde_json::Value>(&advisory.payload) else {
-            continue;
+    loop {
+        let messages = match ctx.queue.advisories_consumer().await {
+            Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
         };
-        let Some(seq) = doc["stream_seq"].as_u64() else {
-            continue;
-        };
-        let Ok(stream) = ctx.queue.js.get_stream(nats::JOBS_STREAM).await else {
-            continue;
-        };
-        let job = stream
-            .get_raw_message(seq)
-            .await
-            .ok()
-            .and_then(|m| Job::parse(&m.subject, &m.payload).ok());
-        if stream.delete_message(seq).await.is_ok()
-            && let Some(job) = job
-        {
-            if let Ok(Some(_)) = revisions::by_job(&ctx.queue, job.app(), job.job_id(), true).await
-            {
+        let mut messages = match messages {
+            Ok(messages) => messages,
+            Err(e) => {
+                tracing::warn!("watching max-deliveries advisories: {e}");
+                tokio::time::sleep(Duration::from_secs(2)).await;
                 continue;
             }
+        };
+        while let Some(advisory) = messages.next().await {
+            let Ok(advisory) = advisory else {
+                break;
+            };
+            let ack = match give_up(&ctx, &advisory.payload).await {
+                Ok(()) => AckKind::Ack,
+                Err(e) => {
+                    tracing::warn!("max-deliveries advisory: {e}");
+                    AckKind::Nak(Some(Duration::from_secs(2)))
+                }
+            };
+            let _ = advisory.ack_with(ack).await;
+        }
+    }
+}
+
+/// Handles one max-deliveries advisory: a final `failed` event for the job (unless it has a
+/// revision after all), then the job leaves the work queue. Done again after a crash, the
+/// event may repeat; the job is never left behind.
+async fn give_up(ctx: &Ctx, advisory: &[u8]) -> Result<(), String> {
+    let Some(seq) = serde_json::from_slice::<serde_json::Value>(advisory)
+        .ok()
+        .and_then(|doc| doc["stream_seq"].as_u64())
+    else {
+        return Ok(());
+    };
+    let stream = ctx
+        .queue
+        .js
+        .get_stream(nats::JOBS_STREAM)
+        .await
+        .map_err(|e| e.to_string())?;
+    let message = match stream.get_raw_message(seq).await {
+        Ok(message) => message,
+        Err(e) => {
+            return match e.kind() {
+                // Gone already: acked at last, or handled before.
+                LastRawMessageErrorKind::NoMessageFound | LastRawMessageErrorKind::JetStream(_) => {
+                    Ok(())
+                }
+                _ => Err(e.to_string()),
+            };
+        }
+    };
+    if let Ok(job) = Job::parse(&message.subject, &message.payload) {
+        let recorded = revisions::by_job(&ctx.queue, job.app(), job.job_id(), true)
+            .await
+            .map_err(|e| e.to_string())?;
+        if recorded.is_none() {
             ctx.metrics.failed();
             event(
-                &ctx,
+                ctx,
                 job.job_id(),
                 Some(job.app()),
                 EventKind::Failed {
@@ -644,4 +672,9 @@ async fn watch_max_deliveries(ctx: Arc<Ctx>) {
             .await;
         }
     }
+    stream
+        .delete_message(seq)
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
