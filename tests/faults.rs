@@ -77,14 +77,14 @@ fn a_hundred_jobs_through_kills_cut_connections_and_a_nats_restart() {
             failed.len(),
             jobs.len()
         );
-        match round % 4 {
-            0 if round < 24 => {
+        match round % 6 {
+            0 if round < 36 => {
                 let _ = workers[0].child.kill();
                 let _ = workers[0].child.wait();
                 workers[0] = fault_worker(&nats_via, &reg_proxy.addr, &base, &caches[0], &npm);
             }
-            1 if round < 24 => nats_proxy.cut_all(),
-            2 if round < 24 => {
+            1 if round < 36 => nats_proxy.cut_all(),
+            2 if round < 36 => {
                 reg_proxy.cut_all();
                 reg_proxy.drop_next(2);
             }
@@ -94,7 +94,20 @@ fn a_hundred_jobs_through_kills_cut_connections_and_a_nats_restart() {
                 nats.up();
                 restarted = true;
             }
+            // The next two registry connections end after 3 KiB: requests cut mid-body.
+            4 if round < 36 => reg_proxy.truncate_next(2, 3 * 1024),
+            // 40 ms on every chunk both ways, to NATS and the registry, for one round.
+            5 if round < 36 => {
+                for proxy in [&nats_proxy, &reg_proxy] {
+                    proxy.set_delay(Duration::from_millis(40));
+                }
+            }
             _ => {}
+        }
+        if round % 6 == 0 {
+            for proxy in [&nats_proxy, &reg_proxy] {
+                proxy.set_delay(Duration::ZERO);
+            }
         }
         round += 1;
         std::thread::sleep(Duration::from_millis(250));
@@ -130,10 +143,16 @@ fn a_hundred_jobs_through_kills_cut_connections_and_a_nats_restart() {
         "the queue drained before nats-server could be restarted"
     );
     eprintln!(
-        "fault suite: {} jobs, {} revisions, {} gave up, {round} fault rounds, nats restarted: {restarted}",
+        "fault suite: {} jobs, {} revisions, {} gave up, {round} fault rounds, nats restarted: {restarted}, registry connections dropped {} and truncated {}",
         jobs.len(),
         done.len(),
         failed.len(),
+        reg_proxy.dropped(),
+        reg_proxy.truncated(),
+    );
+    assert!(
+        reg_proxy.truncated() > 0,
+        "no registry request was truncated"
     );
     for job in failed.keys() {
         assert!(

@@ -1,5 +1,5 @@
-//! A TCP proxy on loopback that counts bytes and can drop the next connections, to put
-//! connection faults between kiln and a real server.
+//! A TCP proxy on loopback that counts bytes and can drop, delay or truncate connections, to
+//! put connection faults between kiln and a real server.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
@@ -12,6 +12,9 @@ pub struct Proxy {
     pub addr: String,
     drop_next: Arc<AtomicUsize>,
     dropped: Arc<AtomicUsize>,
+    truncate: Arc<Mutex<Option<(usize, u64)>>>,
+    truncated: Arc<AtomicUsize>,
+    delay_ms: Arc<AtomicU64>,
     bytes_up: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
     live: Arc<Mutex<Vec<TcpStream>>>,
@@ -26,6 +29,9 @@ impl Proxy {
             addr,
             drop_next: Arc::default(),
             dropped: Arc::default(),
+            truncate: Arc::default(),
+            truncated: Arc::default(),
+            delay_ms: Arc::default(),
             bytes_up: Arc::default(),
             stop: Arc::default(),
             live: Arc::default(),
@@ -36,6 +42,11 @@ impl Proxy {
             proxy.bytes_up.clone(),
             proxy.stop.clone(),
             proxy.live.clone(),
+        );
+        let (truncate, truncated, delay_ms) = (
+            proxy.truncate.clone(),
+            proxy.truncated.clone(),
+            proxy.delay_ms.clone(),
         );
         let upstream = upstream.to_owned();
         std::thread::spawn(move || {
@@ -64,9 +75,30 @@ impl Proxy {
                     live.retain(|s| s.peer_addr().is_ok());
                     live.push(client.try_clone().unwrap());
                 }
-                let up = bytes_up.clone();
-                std::thread::spawn(move || pipe(client, server, Some(up)));
-                std::thread::spawn(move || pipe(s2, c2, None));
+                // A truncated connection forwards `limit` bytes upstream, then is cut.
+                let limit = {
+                    let mut truncate = truncate.lock().unwrap();
+                    match truncate.as_mut() {
+                        Some((n, bytes)) if *n > 0 => {
+                            *n -= 1;
+                            truncated.fetch_add(1, Ordering::SeqCst);
+                            Some(*bytes)
+                        }
+                        _ => None,
+                    }
+                };
+                let up = Link {
+                    count: Some(bytes_up.clone()),
+                    limit,
+                    delay_ms: delay_ms.clone(),
+                };
+                let down = Link {
+                    count: None,
+                    limit: None,
+                    delay_ms: delay_ms.clone(),
+                };
+                std::thread::spawn(move || pipe(client, server, up));
+                std::thread::spawn(move || pipe(s2, c2, down));
             }
         });
         proxy
@@ -75,6 +107,23 @@ impl Proxy {
     /// Makes the next `n` connections fail (read a little, then close).
     pub fn drop_next(&self, n: usize) {
         self.drop_next.store(n, Ordering::SeqCst);
+    }
+
+    /// Makes the next `n` connections carry only `bytes` from the client, then cuts them
+    /// (a request cut off in the middle).
+    pub fn truncate_next(&self, n: usize, bytes: u64) {
+        *self.truncate.lock().unwrap() = Some((n, bytes));
+    }
+
+    /// Connections truncated so far.
+    pub fn truncated(&self) -> usize {
+        self.truncated.load(Ordering::SeqCst)
+    }
+
+    /// Delays every chunk forwarded from now on, both directions, by `delay`.
+    pub fn set_delay(&self, delay: std::time::Duration) {
+        self.delay_ms
+            .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
     /// Cuts every open connection at once (both directions).
@@ -102,17 +151,42 @@ impl Drop for Proxy {
     }
 }
 
-fn pipe(mut from: TcpStream, mut to: TcpStream, count: Option<Arc<AtomicU64>>) {
+/// One direction of a proxied connection.
+struct Link {
+    /// Counts the bytes forwarded.
+    count: Option<Arc<AtomicU64>>,
+    /// Cut both ways after this many bytes.
+    limit: Option<u64>,
+    /// Wait before forwarding each chunk.
+    delay_ms: Arc<AtomicU64>,
+}
+
+fn pipe(mut from: TcpStream, mut to: TcpStream, link: Link) {
     let mut buf = vec![0u8; 64 * 1024];
+    let mut sent = 0u64;
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => {
-                if let Some(c) = &count {
+                let delay = link.delay_ms.load(Ordering::SeqCst);
+                if delay > 0 {
+                    std::thread::sleep(std::time::Duration::from_millis(delay));
+                }
+                let n = match link.limit {
+                    Some(limit) => n.min(limit.saturating_sub(sent) as usize),
+                    None => n,
+                };
+                if let Some(c) = &link.count {
                     c.fetch_add(n as u64, Ordering::SeqCst);
                 }
                 if to.write_all(&buf[..n]).is_err() {
                     break;
+                }
+                sent += n as u64;
+                if link.limit.is_some_and(|limit| sent >= limit) {
+                    let _ = from.shutdown(Shutdown::Both);
+                    let _ = to.shutdown(Shutdown::Both);
+                    return;
                 }
             }
         }
