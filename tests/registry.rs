@@ -657,6 +657,88 @@ fn fake_server(answer: &'static [u8]) -> String {
     addr
 }
 
+/// A registry that has every blob and rejects every manifest with 400 MANIFEST_INVALID;
+/// returns its address and the number of manifest PUTs it answered.
+fn registry_rejecting_manifests() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::sync::atomic::Ordering;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let puts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = puts.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let mut reader = BufReader::new(conn.try_clone().unwrap());
+            let mut request = String::new();
+            let _ = reader.read_line(&mut request);
+            let mut length = 0usize;
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim().is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = line.split_once(':')
+                    && name.eq_ignore_ascii_case("content-length")
+                {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+            let _ = reader
+                .by_ref()
+                .take(length as u64)
+                .read_to_end(&mut Vec::new());
+            let (status, body) = if request.starts_with("PUT ") && request.contains("/manifests/") {
+                counter.fetch_add(1, Ordering::SeqCst);
+                (
+                    "400 Bad Request",
+                    r#"{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid","detail":"rejected by test"}]}"#,
+                )
+            } else if request.starts_with("GET /v2/ ") || request.starts_with("HEAD ") {
+                ("200 OK", "")
+            } else {
+                ("404 Not Found", "")
+            };
+            let _ = write!(
+                conn,
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (addr, puts)
+}
+
+#[test]
+fn a_manifest_the_registry_rejects_is_a_clear_error_not_retried() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let (rejecting, puts) = registry_rejecting_manifests();
+    let image = format!("{rejecting}/apps/rejected:v1");
+    let fixture = root().join("fixtures/faas-hello");
+    let out = kiln(
+        &[
+            "build",
+            fixture.to_str().unwrap(),
+            "--image",
+            &image,
+            "--insecure-registry",
+            &rejecting,
+        ],
+        &npm,
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    for part in [image.as_str(), "push manifest", "400", "MANIFEST_INVALID"] {
+        assert!(err.contains(part), "expected {part:?} in:\n{err}");
+    }
+    assert_eq!(
+        puts.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "a rejected manifest was sent again"
+    );
+}
+
 #[test]
 fn bad_references_and_registries_fail_with_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();

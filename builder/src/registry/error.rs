@@ -80,6 +80,36 @@ fn trimmed(body: &str) -> String {
     cut.replace('\n', " ")
 }
 
+/// The codes, messages and details of an OCI error body (`{"errors":[…]}`), if it is one.
+fn oci_errors(body: &str) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        errors: Vec<Entry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Entry {
+        code: String,
+        #[serde(default)]
+        message: String,
+        #[serde(default)]
+        detail: Option<serde_json::Value>,
+    }
+    let envelope: Envelope = serde_json::from_str(body.trim()).ok()?;
+    let entries: Vec<String> = envelope
+        .errors
+        .iter()
+        .map(|e| {
+            let detail = match &e.detail {
+                Some(serde_json::Value::String(d)) if !d.is_empty() => format!(" ({d})"),
+                Some(serde_json::Value::Null) | None => String::new(),
+                Some(other) => format!(" ({})", trimmed(&other.to_string())),
+            };
+            format!("{}: {}{detail}", e.code, e.message)
+        })
+        .collect();
+    (!entries.is_empty()).then(|| entries.join("; "))
+}
+
 fn status_text(code: u16) -> String {
     let reason = reqwest::StatusCode::from_u16(code)
         .ok()
@@ -114,7 +144,7 @@ impl From<OciDistributionError> for Answer {
                 format!(
                     "registry answered {}: {}",
                     status_text(code),
-                    trimmed(&message)
+                    oci_errors(&message).unwrap_or_else(|| trimmed(&message))
                 ),
                 Some(code),
                 retryable_status(code),
@@ -240,6 +270,20 @@ mod tests {
         assert_eq!(
             answer.text,
             "registry answered MANIFEST_UNKNOWN: manifest unknown"
+        );
+        assert!(!answer.retryable);
+    }
+
+    #[test]
+    fn an_error_body_with_a_status_names_code_message_and_detail() {
+        let answer = Answer::from(OciDistributionError::ServerError {
+            code: 400,
+            url: "http://r/v2/x/manifests/v1".into(),
+            message: r#"{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry","detail":"sha256:ab"}]}"#.into(),
+        });
+        assert_eq!(
+            answer.text,
+            "registry answered HTTP 400 Bad Request: MANIFEST_BLOB_UNKNOWN: blob unknown to registry (sha256:ab)"
         );
         assert!(!answer.retryable);
     }
