@@ -74,12 +74,15 @@ impl SourceTree {
         } else {
             Gitignore::empty()
         };
-        let mut tree = SourceTree {
-            root: root.into(),
-            entries: Vec::new(),
+        let walker = Walker {
+            ignore: &ignore,
+            options,
         };
-        tree.walk(root, "", &ignore, options)?;
-        Ok(tree)
+        let entries = walker.walk_root(root)?;
+        Ok(SourceTree {
+            root: root.into(),
+            entries,
+        })
     }
 
     /// The directory that was listed.
@@ -130,18 +133,97 @@ impl SourceTree {
         let mut h = Sha256::new();
         for e in &self.entries {
             h.update(e.rel.as_bytes());
-            h.update(format!("\0{:?}{:?}\0", e.kind, e.stamp).as_bytes());
+            match &e.kind {
+                SourceKind::Dir => h.update(b"\0d"),
+                SourceKind::File { executable, .. } => {
+                    h.update(if *executable { b"\0x" } else { b"\0f" })
+                }
+                SourceKind::Symlink(target) => {
+                    h.update(b"\0l");
+                    h.update(target.as_bytes());
+                    h.update(b"\0");
+                }
+            }
+            for n in e.stamp {
+                h.update(n.to_le_bytes());
+            }
         }
         Digest::from_hasher(h)
     }
+}
 
-    fn walk(
-        &mut self,
-        dir: &Path,
-        rel_dir: &str,
-        ignore: &Gitignore,
-        options: &ScanOptions,
-    ) -> Result<()> {
+/// Subdirectories at the root of a tree from which its listing is split across threads.
+const PARALLEL_FROM: usize = 4;
+
+/// Lists a tree under one set of ignore rules.
+struct Walker<'a> {
+    ignore: &'a Gitignore,
+    options: &'a ScanOptions,
+}
+
+impl Walker<'_> {
+    /// Lists the whole tree under `root`. The subtrees of the root's directories are listed
+    /// on up to four threads (stat calls dominate on large trees such as `node_modules`)
+    /// and joined in order, so the result does not depend on the split.
+    fn walk_root(&self, root: &Path) -> Result<Vec<SourceEntry>> {
+        let top = self.children(root, "")?;
+        let dirs: Vec<usize> = (0..top.len())
+            .filter(|&i| top[i].kind == SourceKind::Dir)
+            .collect();
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(4);
+        let mut subtrees: Vec<Option<Result<Vec<SourceEntry>>>> =
+            (0..top.len()).map(|_| None).collect();
+        if dirs.len() < PARALLEL_FROM || threads < 2 {
+            for &i in &dirs {
+                let mut out = Vec::new();
+                subtrees[i] = Some(self.walk(&top[i].path, &top[i].rel, &mut out).map(|()| out));
+            }
+        } else {
+            let next = std::sync::atomic::AtomicUsize::new(0);
+            let done = std::sync::Mutex::new(&mut subtrees);
+            std::thread::scope(|scope| {
+                for _ in 0..threads {
+                    scope.spawn(|| {
+                        loop {
+                            let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(&i) = dirs.get(k) else { break };
+                            let mut out = Vec::new();
+                            let listed = self.walk(&top[i].path, &top[i].rel, &mut out);
+                            done.lock().expect("lock")[i] = Some(listed.map(|()| out));
+                        }
+                    });
+                }
+            });
+        }
+        let mut entries = Vec::new();
+        for (entry, subtree) in top.into_iter().zip(subtrees) {
+            entries.push(entry);
+            if let Some(subtree) = subtree {
+                entries.extend(subtree?);
+            }
+        }
+        Ok(entries)
+    }
+
+    /// Appends the entries under `dir` (depth first, siblings sorted) to `out`.
+    fn walk(&self, dir: &Path, rel_dir: &str, out: &mut Vec<SourceEntry>) -> Result<()> {
+        for entry in self.children(dir, rel_dir)? {
+            let is_dir = entry.kind == SourceKind::Dir;
+            let (path, rel) = (entry.path.clone(), entry.rel.clone());
+            out.push(entry);
+            if is_dir {
+                self.walk(&path, &rel, out)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The entries directly in `dir`, sorted by name, without those that never ship or are
+    /// ignored.
+    fn children(&self, dir: &Path, rel_dir: &str) -> Result<Vec<SourceEntry>> {
+        let (ignore, options) = (self.ignore, self.options);
         let mut children = Vec::new();
         for item in fs::read_dir(dir).map_err(Error::io("read directory", dir))? {
             let item = item.map_err(Error::io("read directory", dir))?;
@@ -155,6 +237,7 @@ impl SourceTree {
             children.push((name, path, meta));
         }
         children.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut entries = Vec::with_capacity(children.len());
         for (name, path, meta) in children {
             if never_ships(&name) || (rel_dir.is_empty() && options.exclude_top.contains(&name)) {
                 continue;
@@ -195,18 +278,14 @@ impl SourceTree {
             } else {
                 return Err(Error::UnsupportedFileType(path));
             };
-            let is_dir = kind == SourceKind::Dir;
-            self.entries.push(SourceEntry {
-                rel: rel.clone(),
-                path: path.clone(),
+            entries.push(SourceEntry {
+                rel,
+                path,
                 kind,
                 stamp,
             });
-            if is_dir {
-                self.walk(&path, &rel, ignore, options)?;
-            }
         }
-        Ok(())
+        Ok(entries)
     }
 }
 
@@ -257,6 +336,54 @@ fn stays_inside(rel: &str, target: &Path) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Paths under `dir`, depth first with siblings sorted: the order a listing must have.
+    fn reference_listing(dir: &Path, rel: &str, out: &mut Vec<String>) {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        names.sort();
+        for name in names {
+            let rel = if rel.is_empty() {
+                name.clone()
+            } else {
+                format!("{rel}/{name}")
+            };
+            out.push(rel.clone());
+            let path = dir.join(&name);
+            if fs::symlink_metadata(&path).unwrap().is_dir() {
+                reference_listing(&path, &rel, out);
+            }
+        }
+    }
+
+    #[test]
+    fn a_listing_split_across_threads_keeps_depth_first_sorted_order() {
+        let tmp = tempfile::tempdir().unwrap();
+        for (i, pkg) in ["zeta", "alpha", "mid", "beta", "@scope", "omega"]
+            .iter()
+            .enumerate()
+        {
+            let dir = tmp.path().join(pkg).join("lib").join("deep");
+            fs::create_dir_all(&dir).unwrap();
+            for f in 0..=i {
+                fs::write(dir.join(format!("f{f}.js")), "x").unwrap();
+                fs::write(tmp.path().join(pkg).join(format!("{f}.json")), "{}").unwrap();
+            }
+        }
+        fs::write(tmp.path().join("top.txt"), "t").unwrap();
+        let tree = SourceTree::scan(tmp.path(), &ScanOptions::default()).unwrap();
+        let listed: Vec<String> = tree.entries().iter().map(|e| e.rel.clone()).collect();
+        let mut expected = Vec::new();
+        reference_listing(tmp.path(), "", &mut expected);
+        assert_eq!(listed, expected);
+        let again = SourceTree::scan(tmp.path(), &ScanOptions::default()).unwrap();
+        assert_eq!(tree.stat_key(), again.stat_key());
+        fs::write(tmp.path().join("mid/lib/deep/f0.js"), "changed").unwrap();
+        let changed = SourceTree::scan(tmp.path(), &ScanOptions::default()).unwrap();
+        assert_ne!(tree.stat_key(), changed.stat_key());
+    }
 
     #[test]
     fn symlink_targets_are_judged_against_the_root() {
