@@ -789,11 +789,25 @@ fn bad_references_and_registries_fail_with_clear_errors() {
             format!("{busy}/base/node:20"),
             vec!["HTTP 503", "busy", "after 3 attempts"],
         ),
+        // The plain-HTTP registry under a name not in --insecure-registry: TLS to HTTP.
+        (
+            format!(
+                "{}/base/node:20",
+                reg.addr.replace("127.0.0.1", "localhost")
+            ),
+            vec!["TLS handshake failed", "--insecure-registry"],
+        ),
     ];
     for (base, expected) in cases {
         let err = attempt(&base, None);
         for part in expected {
             assert!(err.contains(part), "{base}: expected {part:?} in:\n{err}");
+        }
+        if base.starts_with("localhost") {
+            assert!(
+                !err.contains("attempts"),
+                "a TLS failure was retried: {err}"
+            );
         }
     }
     assert!(!layout.exists(), "a failed build wrote a layout");

@@ -210,6 +210,26 @@ fn request_answer(e: &reqwest::Error) -> Answer {
     }
     let cause = causes.last().cloned().unwrap_or_else(|| e.to_string());
     let unknown_host = causes.iter().any(|c| c.contains("dns error"));
+    // A TLS failure repeats on every try: a plain-HTTP registry, or a certificate not trusted.
+    if causes.iter().any(|c| c.contains("corrupt message")) {
+        return Answer {
+            text: format!(
+                "TLS handshake failed ({cause}): if this registry speaks plain HTTP, name it in --insecure-registry"
+            ),
+            status: None,
+            retryable: false,
+        };
+    }
+    if causes
+        .iter()
+        .any(|c| c.contains("invalid peer certificate"))
+    {
+        return Answer {
+            text: format!("TLS certificate not accepted: {cause}"),
+            status: None,
+            retryable: false,
+        };
+    }
     let what = if unknown_host {
         "unknown host"
     } else if e.is_connect() {
