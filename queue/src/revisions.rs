@@ -8,6 +8,7 @@
 use async_nats::jetstream::kv::CreateErrorKind;
 use bytes::Bytes;
 use std::time::Duration;
+use tokio::time::Instant;
 
 use crate::nats::{NatsError, Queue, nats_err};
 use crate::schema::{Revision, revision_name};
@@ -138,8 +139,10 @@ pub async fn index(
     Ok(())
 }
 
-/// How long a claim to record a job's revision is honoured: recording takes milliseconds, so
-/// an older claim belongs to an attempt that died in between and may be taken over.
+/// How long a claim to record a job's revision is honoured without change: recording takes
+/// milliseconds, so a claim seen unchanged for longer belongs to an attempt that died in
+/// between and may be taken over. Measured on the waiter's own clock, so clock skew between
+/// machines does not matter.
 const CLAIM_STALE: Duration = Duration::from_secs(10);
 
 /// How often [`record`] looks again at a claim held by another attempt.
@@ -149,31 +152,44 @@ const CLAIM_POLL: Duration = Duration::from_millis(250);
 pub enum Recorded {
     /// The job's revision (new, or recorded earlier by another attempt).
     Done(Box<Revision>),
-    /// Another attempt of this job still held a fresh claim after [`record`] waited for it:
-    /// try again later.
+    /// Other attempts of this job kept taking the claim while [`record`] waited: try again
+    /// later.
     Busy,
 }
 
 /// Records `revision` as the one revision of its job: claims the job (`claim.<job_id>`, one
 /// atomic create), checks that no earlier attempt recorded it, then takes the next number and
 /// writes the indexes. Two attempts of one job (a redelivery while the first still runs) get
-/// the same revision. While another attempt holds a fresh claim this waits (the caller keeps
-/// its message alive), so an attempt that died mid-record costs one claim lifetime, not the
-/// job's deliveries.
+/// the same revision. While another attempt holds the claim this waits (the caller keeps its
+/// message alive); a claim left unchanged for [`CLAIM_STALE`] is taken over by
+/// compare-and-set, so an attempt that died mid-record costs seconds, not the job's deliveries.
 pub async fn record(
     queue: &Queue,
     revision: Revision,
     inputs_key: Option<&str>,
 ) -> Result<Recorded, NatsError> {
-    let deadline = tokio::time::Instant::now() + CLAIM_STALE * 3;
+    let deadline = Instant::now() + CLAIM_STALE * 3;
+    // The claim as first seen (its KV revision) and when.
+    let mut seen: Option<(u64, Instant)> = None;
+    let mut take_over = None;
     loop {
-        match claim(queue, &revision).await? {
+        match claim(queue, &revision, take_over.take()).await? {
             Claim::Ours => break,
             Claim::Recorded(done) => return Ok(Recorded::Done(done)),
-            Claim::Held if tokio::time::Instant::now() < deadline => {
-                tokio::time::sleep(CLAIM_POLL).await
+            Claim::Held(_) if Instant::now() >= deadline => return Ok(Recorded::Busy),
+            Claim::Held(held) => {
+                match (seen, held) {
+                    (Some((was, since)), Some(now)) if was == now => {
+                        if since.elapsed() >= CLAIM_STALE {
+                            take_over = Some(now);
+                            continue;
+                        }
+                    }
+                    (_, Some(now)) => seen = Some((now, Instant::now())),
+                    (_, None) => seen = None,
+                }
+                tokio::time::sleep(CLAIM_POLL).await;
             }
-            Claim::Held => return Ok(Recorded::Busy),
         }
     }
     let revision = allocate(queue, revision).await?;
@@ -187,56 +203,41 @@ enum Claim {
     Ours,
     /// Nobody: an earlier attempt recorded this revision.
     Recorded(Box<Revision>),
-    /// Another attempt, whose claim is fresh.
-    Held,
+    /// Another attempt; the claim's KV revision when it could be read.
+    Held(Option<u64>),
 }
 
-/// One try at claiming `revision`'s job: an atomic create, or a compare-and-set takeover of
-/// a claim older than [`CLAIM_STALE`].
-async fn claim(queue: &Queue, revision: &Revision) -> Result<Claim, NatsError> {
+/// One try at claiming `revision`'s job: an atomic create, or with `take_over` a
+/// compare-and-set of the claim from that KV revision.
+async fn claim(
+    queue: &Queue,
+    revision: &Revision,
+    take_over: Option<u64>,
+) -> Result<Claim, NatsError> {
     let key = format!("claim.{}", revision.job_id);
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    let stamp = Bytes::from(now_ms.to_string());
-    match queue.revisions.create(&key, stamp.clone()).await {
-        Ok(_) => return Ok(Claim::Ours),
-        Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {}
-        Err(e) => return Err(nats_err("claim job")(e)),
-    }
+    let value = Bytes::from_static(b"claimed");
+    let held = match take_over {
+        None => match queue.revisions.create(&key, value).await {
+            Ok(_) => return Ok(Claim::Ours),
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => true,
+            Err(e) => return Err(nats_err("claim job")(e)),
+        },
+        // Someone else may have taken it first: then it is held again.
+        Some(from) => queue.revisions.update(&key, value, from).await.is_err(),
+    };
+    // The holder may have recorded already (also just before a takeover).
     if let Some(done) = by_job(queue, &revision.app, &revision.job_id, true).await? {
         return Ok(Claim::Recorded(Box::new(done)));
     }
-    let Some(entry) = queue
+    if !held {
+        return Ok(Claim::Ours);
+    }
+    let entry = queue
         .revisions
         .entry(&key)
         .await
-        .map_err(nats_err("read claim"))?
-    else {
-        return Ok(Claim::Held);
-    };
-    let claimed_ms: u64 = std::str::from_utf8(&entry.value)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    if now_ms.saturating_sub(claimed_ms) < CLAIM_STALE.as_millis() as u64 {
-        return Ok(Claim::Held);
-    }
-    // The claimer died before recording: take the claim over (compare-and-set).
-    if queue
-        .revisions
-        .update(&key, stamp, entry.revision)
-        .await
-        .is_err()
-    {
-        return Ok(Claim::Held);
-    }
-    // It may have recorded after all, between our read and the takeover.
-    match by_job(queue, &revision.app, &revision.job_id, true).await? {
-        Some(done) => Ok(Claim::Recorded(Box::new(done))),
-        None => Ok(Claim::Ours),
-    }
+        .map_err(nats_err("read claim"))?;
+    Ok(Claim::Held(entry.map(|e| e.revision)))
 }
 
 /// Publishes a recorded revision on `kiln.revisions.<app>` for the deployer.
