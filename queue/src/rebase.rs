@@ -30,6 +30,12 @@ pub enum RebaseError {
     /// Another attempt of the same job is recording its revision.
     #[error("another attempt of this job is recording its revision")]
     Busy,
+    /// The job was given up after its deliveries ran out.
+    #[error(
+        "gave up after {} deliveries: no worker finished the job",
+        crate::nats::MAX_DELIVER
+    )]
+    GivenUp,
 }
 
 /// Rebases the job's revision (or the app's latest) onto `job.base`, pushes the new manifest
@@ -123,6 +129,7 @@ pub async fn rebase_revision(
     let revision = match revisions::record(queue, revision, None).await? {
         Recorded::Done(r) => *r,
         Recorded::Busy => return Err(RebaseError::Busy),
+        Recorded::GivenUp => return Err(RebaseError::GivenUp),
     };
     revisions::announce(queue, &revision).await?;
     Ok(revision)

@@ -140,13 +140,16 @@ pub async fn index(
 }
 
 /// How long a claim to record a job's revision is honoured without change: recording takes
-/// milliseconds, so a claim seen unchanged for longer belongs to an attempt that died in
-/// between and may be taken over. Measured on the waiter's own clock, so clock skew between
-/// machines does not matter.
+/// milliseconds, so a claim seen unchanged for longer belongs to an attempt that died or
+/// stalled in between and may be taken over. Measured on the waiter's own clock, so clock
+/// skew between machines does not matter.
 const CLAIM_STALE: Duration = Duration::from_secs(10);
 
 /// How often [`record`] looks again at a claim held by another attempt.
 const CLAIM_POLL: Duration = Duration::from_millis(250);
+
+/// Claim value of a job given up after its deliveries ran out: nobody records it any more.
+const GAVE_UP: &[u8] = b"gave-up";
 
 /// The outcome of [`record`].
 pub enum Recorded {
@@ -155,89 +158,210 @@ pub enum Recorded {
     /// Other attempts of this job kept taking the claim while [`record`] waited: try again
     /// later.
     Busy,
+    /// The job was given up (see [`give_up`]): it gets no revision.
+    GivenUp,
 }
 
-/// Records `revision` as the one revision of its job: claims the job (`claim.<job_id>`, one
-/// atomic create), checks that no earlier attempt recorded it, then takes the next number and
-/// writes the indexes. Two attempts of one job (a redelivery while the first still runs) get
-/// the same revision. While another attempt holds the claim this waits (the caller keeps its
-/// message alive); a claim left unchanged for [`CLAIM_STALE`] is taken over by
-/// compare-and-set, so an attempt that died mid-record costs seconds, not the job's deliveries.
+/// What `claim.<job_id>` holds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum ClaimState {
+    /// Claimed; no number reserved yet.
+    Claimed,
+    /// Number reserved: whoever holds the claim records the job under it (or finds it there).
+    Reserved(u64),
+    /// Given up.
+    GaveUp,
+}
+
+impl ClaimState {
+    fn parse(value: &[u8]) -> ClaimState {
+        if value == GAVE_UP {
+            return ClaimState::GaveUp;
+        }
+        std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.strip_prefix("n="))
+            .and_then(|n| n.parse().ok())
+            .map_or(ClaimState::Claimed, ClaimState::Reserved)
+    }
+}
+
+/// Records `revision` as the one revision of its job, exactly once however many attempts of
+/// the job run. An attempt claims the job (`claim.<job_id>`, an atomic create), reserves a
+/// number in the claim by compare-and-set, and only then creates `rev.<app>.<n>`; finding
+/// that number taken by its own job means another attempt recorded it. While another attempt
+/// holds the claim this waits (the caller keeps its message alive); a claim seen unchanged
+/// for [`CLAIM_STALE`] is taken over by compare-and-set together with its reservation, so a
+/// stalled holder that wakes up can at most create the same number, and one of the two
+/// creates fails.
 pub async fn record(
     queue: &Queue,
     revision: Revision,
     inputs_key: Option<&str>,
 ) -> Result<Recorded, NatsError> {
+    let key = claim_key(&revision.job_id);
     let deadline = Instant::now() + CLAIM_STALE * 3;
-    // The claim as first seen (its KV revision) and when.
-    let mut seen: Option<(u64, Instant)> = None;
-    let mut take_over = None;
+    // The other attempt's claim as first seen (KV revision, state) and when.
+    let mut seen: Option<(u64, ClaimState, Instant)> = None;
     loop {
-        match claim(queue, &revision, take_over.take()).await? {
-            Claim::Ours => break,
-            Claim::Recorded(done) => return Ok(Recorded::Done(done)),
-            Claim::Held(_) if Instant::now() >= deadline => return Ok(Recorded::Busy),
-            Claim::Held(held) => {
-                match (seen, held) {
-                    (Some((was, since)), Some(now)) if was == now => {
-                        if since.elapsed() >= CLAIM_STALE {
-                            take_over = Some(now);
-                            continue;
-                        }
-                    }
-                    (_, Some(now)) => seen = Some((now, Instant::now())),
-                    (_, None) => seen = None,
+        let held = match seen {
+            Some((at, state, since)) if since.elapsed() >= CLAIM_STALE => {
+                // Unchanged for a claim lifetime: take it over, reservation and all.
+                match queue.revisions.update(&key, claim_value(state), at).await {
+                    Ok(ours) => Some((ours, state, true)),
+                    Err(_) => None,
                 }
-                tokio::time::sleep(CLAIM_POLL).await;
+            }
+            _ => match queue
+                .revisions
+                .create(&key, claim_value(ClaimState::Claimed))
+                .await
+            {
+                Ok(ours) => Some((ours, ClaimState::Claimed, false)),
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => None,
+                Err(e) => return Err(nats_err("claim job")(e)),
+            },
+        };
+        if let Some((ours, state, took_over)) = held {
+            // The holder may have recorded without indexing (a first claim has no holder).
+            if took_over
+                && let Some(done) = by_job(queue, &revision.app, &revision.job_id, true).await?
+            {
+                return Ok(Recorded::Done(Box::new(done)));
+            }
+            match commit(queue, revision.clone(), &key, ours, state).await? {
+                Some(recorded) => {
+                    index(queue, &recorded, inputs_key).await?;
+                    return Ok(Recorded::Done(Box::new(recorded)));
+                }
+                // Taken over meanwhile: wait for the new holder like anyone else.
+                None => {
+                    seen = None;
+                    continue;
+                }
             }
         }
+        // Held by another attempt: done already, given up, or still at work?
+        if let Some(done) = by_job(queue, &revision.app, &revision.job_id, false).await? {
+            return Ok(Recorded::Done(Box::new(done)));
+        }
+        let Some(entry) = queue
+            .revisions
+            .entry(&key)
+            .await
+            .map_err(nats_err("read claim"))?
+        else {
+            seen = None;
+            continue;
+        };
+        let state = ClaimState::parse(&entry.value);
+        if state == ClaimState::GaveUp {
+            return Ok(Recorded::GivenUp);
+        }
+        if seen.is_none_or(|(at, _, _)| at != entry.revision) {
+            seen = Some((entry.revision, state, Instant::now()));
+        }
+        if Instant::now() >= deadline {
+            return Ok(Recorded::Busy);
+        }
+        tokio::time::sleep(CLAIM_POLL).await;
     }
-    let revision = allocate(queue, revision).await?;
-    index(queue, &revision, inputs_key).await?;
-    Ok(Recorded::Done(Box::new(revision)))
 }
 
-/// Who may record a job's revision.
-enum Claim {
-    /// This attempt: it holds `claim.<job_id>` and nothing is recorded yet.
-    Ours,
-    /// Nobody: an earlier attempt recorded this revision.
-    Recorded(Box<Revision>),
-    /// Another attempt; the claim's KV revision when it could be read.
-    Held(Option<u64>),
+fn claim_key(job_id: &str) -> String {
+    format!("claim.{job_id}")
 }
 
-/// One try at claiming `revision`'s job: an atomic create, or with `take_over` a
-/// compare-and-set of the claim from that KV revision.
-async fn claim(
+fn claim_value(state: ClaimState) -> Bytes {
+    match state {
+        ClaimState::Claimed => Bytes::from_static(b"claimed"),
+        ClaimState::Reserved(n) => Bytes::from(format!("n={n}")),
+        ClaimState::GaveUp => Bytes::from_static(GAVE_UP),
+    }
+}
+
+/// With the claim held at KV revision `ours`: reserves a number (unless `state` carries one),
+/// then creates the revision under it, stepping over numbers other jobs took. `None` when the
+/// claim was taken over; the revision recorded (maybe by another attempt) otherwise.
+async fn commit(
     queue: &Queue,
-    revision: &Revision,
-    take_over: Option<u64>,
-) -> Result<Claim, NatsError> {
-    let key = format!("claim.{}", revision.job_id);
-    let value = Bytes::from_static(b"claimed");
-    let held = match take_over {
-        None => match queue.revisions.create(&key, value).await {
-            Ok(_) => return Ok(Claim::Ours),
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => true,
-            Err(e) => return Err(nats_err("claim job")(e)),
-        },
-        // Someone else may have taken it first: then it is held again.
-        Some(from) => queue.revisions.update(&key, value, from).await.is_err(),
+    mut revision: Revision,
+    key: &str,
+    mut ours: u64,
+    state: ClaimState,
+) -> Result<Option<Revision>, NatsError> {
+    let app = revision.app.clone();
+    let (mut n, mut reserved) = match state {
+        ClaimState::Reserved(n) => (n, true),
+        _ => (latest_number(queue, &app).await? + 1, false),
     };
-    // The holder may have recorded already (also just before a takeover).
-    if let Some(done) = by_job(queue, &revision.app, &revision.job_id, true).await? {
-        return Ok(Claim::Recorded(Box::new(done)));
+    loop {
+        if !reserved {
+            match queue
+                .revisions
+                .update(key, claim_value(ClaimState::Reserved(n)), ours)
+                .await
+            {
+                Ok(next) => ours = next,
+                Err(_) => return Ok(None),
+            }
+        }
+        revision.number = n;
+        revision.name = revision_name(&app, n);
+        let body = Bytes::from(serde_json::to_vec(&revision).expect("revision"));
+        match queue.revisions.create(rev_key(&app, n), body).await {
+            Ok(_) => break,
+            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => {
+                if let Some(there) = get(queue, &app, n).await?
+                    && there.job_id == revision.job_id
+                {
+                    return Ok(Some(there));
+                }
+                n += 1;
+                reserved = false;
+            }
+            Err(e) => return Err(nats_err("record revision")(e)),
+        }
     }
-    if !held {
-        return Ok(Claim::Ours);
+    raise_hint(queue, &app, n).await?;
+    Ok(Some(revision))
+}
+
+/// Marks the job given up, so no attempt records it from now on; returns its revision instead
+/// when one was recorded first.
+pub async fn give_up(
+    queue: &Queue,
+    app: &str,
+    job_id: &str,
+) -> Result<Option<Revision>, NatsError> {
+    let key = claim_key(job_id);
+    for _ in 0..50 {
+        let marked = match queue
+            .revisions
+            .entry(&key)
+            .await
+            .map_err(nats_err("read claim"))?
+        {
+            None => queue
+                .revisions
+                .create(&key, claim_value(ClaimState::GaveUp))
+                .await
+                .is_ok(),
+            Some(entry) if ClaimState::parse(&entry.value) == ClaimState::GaveUp => true,
+            Some(entry) => queue
+                .revisions
+                .update(&key, claim_value(ClaimState::GaveUp), entry.revision)
+                .await
+                .is_ok(),
+        };
+        if marked {
+            return by_job(queue, app, job_id, true).await;
+        }
     }
-    let entry = queue
-        .revisions
-        .entry(&key)
-        .await
-        .map_err(nats_err("read claim"))?;
-    Ok(Claim::Held(entry.map(|e| e.revision)))
+    Err(NatsError {
+        action: format!("mark job {job_id} given up"),
+        message: "the claim kept changing".into(),
+    })
 }
 
 /// Publishes a recorded revision on `kiln.revisions.<app>` for the deployer.
@@ -248,24 +372,6 @@ pub async fn announce(queue: &Queue, revision: &Revision) -> Result<(), NatsErro
             serde_json::to_vec(revision).expect("revision"),
         )
         .await
-}
-
-/// Records `revision` under the next free number of its app (setting `number` and `name`).
-pub async fn allocate(queue: &Queue, mut revision: Revision) -> Result<Revision, NatsError> {
-    let app = revision.app.clone();
-    let mut n = latest_number(queue, &app).await? + 1;
-    loop {
-        revision.number = n;
-        revision.name = revision_name(&app, n);
-        let body = Bytes::from(serde_json::to_vec(&revision).expect("revision"));
-        match queue.revisions.create(rev_key(&app, n), body).await {
-            Ok(_) => break,
-            Err(e) if e.kind() == CreateErrorKind::AlreadyExists => n += 1,
-            Err(e) => return Err(nats_err("record revision")(e)),
-        }
-    }
-    raise_hint(queue, &app, n).await?;
-    Ok(revision)
 }
 
 /// Raises `latest.<app>` to `n` by compare-and-set (never lowers it).

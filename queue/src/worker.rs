@@ -506,6 +506,11 @@ async fn process(
                 "another attempt of this job is recording its revision".into(),
             ));
         }
+        revisions::Recorded::GivenUp => {
+            return Err(JobError::Permanent(format!(
+                "gave up after {MAX_DELIVER} deliveries: no worker finished the job"
+            )));
+        }
     };
     revisions::announce(queue, &revision).await?;
     Ok(revision)
@@ -600,33 +605,29 @@ async fn watch_max_deliveries(ctx: Arc<Ctx>) {
             Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),
         };
-        let mut messages = match messages {
-            Ok(messages) => messages,
-            Err(e) => {
-                tracing::warn!("watching max-deliveries advisories: {e}");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
-        };
-        while let Some(advisory) = messages.next().await {
-            let Ok(advisory) = advisory else {
-                break;
-            };
-            let ack = match give_up(&ctx, &advisory.payload).await {
-                Ok(()) => AckKind::Ack,
-                Err(e) => {
-                    tracing::warn!("max-deliveries advisory: {e}");
-                    AckKind::Nak(Some(Duration::from_secs(2)))
+        match messages {
+            Ok(mut messages) => {
+                while let Some(Ok(advisory)) = messages.next().await {
+                    let ack = match give_up(&ctx, &advisory.payload).await {
+                        Ok(()) => AckKind::Ack,
+                        Err(e) => {
+                            tracing::warn!("max-deliveries advisory: {e}");
+                            AckKind::Nak(Some(Duration::from_secs(2)))
+                        }
+                    };
+                    let _ = advisory.ack_with(ack).await;
                 }
-            };
-            let _ = advisory.ack_with(ack).await;
+            }
+            Err(e) => tracing::warn!("watching max-deliveries advisories: {e}"),
         }
+        tokio::time::sleep(Duration::from_secs(2)).await;
     }
 }
 
-/// Handles one max-deliveries advisory: a final `failed` event for the job (unless it has a
-/// revision after all), then the job leaves the work queue. Done again after a crash, the
-/// event may repeat; the job is never left behind.
+/// Handles one max-deliveries advisory: marks the job given up (no attempt records it after
+/// that), publishes the final `failed` event unless a revision was recorded first, then
+/// removes the job from the work queue. Any NATS trouble leaves the advisory to be retried;
+/// the event carries a message id, so a retry does not publish it twice.
 async fn give_up(ctx: &Ctx, advisory: &[u8]) -> Result<(), String> {
     let Some(seq) = serde_json::from_slice::<serde_json::Value>(advisory)
         .ok()
@@ -643,38 +644,59 @@ async fn give_up(ctx: &Ctx, advisory: &[u8]) -> Result<(), String> {
     let message = match stream.get_raw_message(seq).await {
         Ok(message) => message,
         Err(e) => {
-            return match e.kind() {
-                // Gone already: acked at last, or handled before.
-                LastRawMessageErrorKind::NoMessageFound | LastRawMessageErrorKind::JetStream(_) => {
-                    Ok(())
+            let gone = match e.kind() {
+                LastRawMessageErrorKind::NoMessageFound => true,
+                LastRawMessageErrorKind::JetStream(js) => {
+                    js.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND
                 }
-                _ => Err(e.to_string()),
+                _ => false,
             };
+            // Gone: acked at last, or handled before.
+            return if gone { Ok(()) } else { Err(e.to_string()) };
         }
     };
     if let Ok(job) = Job::parse(&message.subject, &message.payload) {
-        let recorded = revisions::by_job(&ctx.queue, job.app(), job.job_id(), true)
+        let recorded = revisions::give_up(&ctx.queue, job.app(), job.job_id())
             .await
             .map_err(|e| e.to_string())?;
         if recorded.is_none() {
-            ctx.metrics.failed();
-            event(
-                ctx,
-                job.job_id(),
-                Some(job.app()),
-                EventKind::Failed {
+            let event = Event {
+                schema_version: SCHEMA_VERSION,
+                job_id: job.job_id().to_owned(),
+                app: Some(job.app().to_owned()),
+                kind: EventKind::Failed {
                     reason: format!(
                         "gave up after {MAX_DELIVER} deliveries: no worker finished the job"
                     ),
                     retryable: false,
                 },
-            )
-            .await;
+                at: now(),
+            };
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Msg-Id", format!("gave-up-{}", job.job_id()).as_str());
+            ctx.queue
+                .js
+                .publish_with_headers(
+                    nats::events_subject(job.job_id()),
+                    headers,
+                    serde_json::to_vec(&event).expect("event").into(),
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())?;
+            ctx.metrics.failed();
         }
     }
-    stream
-        .delete_message(seq)
-        .await
-        .map(drop)
-        .map_err(|e| e.to_string())
+    match stream.delete_message(seq).await {
+        Ok(_) => Ok(()),
+        Err(e) => match e.kind() {
+            async_nats::jetstream::stream::DeleteMessageErrorKind::JetStream(js)
+                if js.error_code() == jetstream::ErrorCode::NO_MESSAGE_FOUND =>
+            {
+                Ok(())
+            }
+            _ => Err(e.to_string()),
+        },
+    }
 }

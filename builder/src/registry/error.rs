@@ -100,11 +100,13 @@ fn oci_errors(body: &str) -> Option<String> {
         .iter()
         .map(|e| {
             let detail = match &e.detail {
-                Some(serde_json::Value::String(d)) if !d.is_empty() => format!(" ({d})"),
+                Some(serde_json::Value::String(d)) if !d.is_empty() => {
+                    format!(" ({})", trimmed(d))
+                }
                 Some(serde_json::Value::Null) | None => String::new(),
                 Some(other) => format!(" ({})", trimmed(&other.to_string())),
             };
-            format!("{}: {}{detail}", e.code, e.message)
+            format!("{}: {}{detail}", trimmed(&e.code), trimmed(&e.message))
         })
         .collect();
     (!entries.is_empty()).then(|| entries.join("; "))
@@ -134,10 +136,16 @@ impl From<OciDistributionError> for Answer {
                         format!("{code}: {}", e.message)
                     })
                     .collect();
+                // oci-client keeps the body of a 4xx and drops its status; of the 4xx codes
+                // only "too many requests" is worth another try.
+                let throttled = envelope
+                    .errors
+                    .iter()
+                    .any(|e| matches!(e.code, oci_client::errors::OciErrorCode::Toomanyrequests));
                 (
                     format!("registry answered {}", codes.join("; ")),
-                    None,
-                    false,
+                    throttled.then_some(429),
+                    throttled,
                 )
             }
             E::ServerError { code, message, .. } => (
@@ -211,7 +219,7 @@ fn request_answer(e: &reqwest::Error) -> Answer {
     let cause = causes.last().cloned().unwrap_or_else(|| e.to_string());
     let unknown_host = causes.iter().any(|c| c.contains("dns error"));
     // A TLS failure repeats on every try: a plain-HTTP registry, or a certificate not trusted.
-    if causes.iter().any(|c| c.contains("corrupt message")) {
+    if e.is_connect() && causes.iter().any(|c| c.contains("corrupt message")) {
         return Answer {
             text: format!(
                 "TLS handshake failed ({cause}): if this registry speaks plain HTTP, name it in --insecure-registry"
@@ -220,9 +228,10 @@ fn request_answer(e: &reqwest::Error) -> Answer {
             retryable: false,
         };
     }
-    if causes
-        .iter()
-        .any(|c| c.contains("invalid peer certificate"))
+    if e.is_connect()
+        && causes
+            .iter()
+            .any(|c| c.contains("invalid peer certificate"))
     {
         return Answer {
             text: format!("TLS certificate not accepted: {cause}"),
@@ -292,6 +301,20 @@ mod tests {
             "registry answered MANIFEST_UNKNOWN: manifest unknown"
         );
         assert!(!answer.retryable);
+    }
+
+    #[test]
+    fn a_throttled_answer_with_an_error_body_is_retried() {
+        let envelope: oci_client::errors::OciEnvelope = serde_json::from_str(
+            r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"rate limit"}]}"#,
+        )
+        .unwrap();
+        let answer = Answer::from(OciDistributionError::RegistryError {
+            envelope,
+            url: "http://r/v2/x/manifests/v1".into(),
+        });
+        assert!(answer.retryable);
+        assert_eq!(answer.status, Some(429));
     }
 
     #[test]

@@ -12,7 +12,7 @@ mod retry;
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures_util::{StreamExt, TryStreamExt};
 use kiln_layers::{BlobStore, Descriptor};
@@ -20,7 +20,7 @@ use oci_client::RegistryOperation;
 use oci_client::client::{ClientConfig, ClientProtocol};
 use oci_client::errors::OciDistributionError;
 use oci_client::secrets::RegistryAuth;
-use oci_client::token_cache::{RegistryToken, RegistryTokenType};
+use oci_client::token_cache::RegistryTokenType;
 use oci_client::{Client, Reference};
 
 pub use auth::{Credentials, ENV_PASSWORD, ENV_TOKEN, ENV_USER, credentials_for};
@@ -60,7 +60,7 @@ pub struct Registry {
     /// Registries answering user and password with Bearer tokens: their user and password.
     token_auth: Arc<Mutex<HashMap<String, (String, String)>>>,
     /// Mount tokens by (registry, target repository, source repository), with when fetched.
-    mount_tokens: Arc<Mutex<HashMap<MountPair, (String, Instant)>>>,
+    mount_tokens: Arc<Mutex<HashMap<MountPair, mount_token::Token>>>,
     /// A plain HTTP client for token requests, made on first use.
     http: Arc<std::sync::OnceLock<reqwest::Client>>,
 }
@@ -221,8 +221,18 @@ impl Registry {
     /// Asks the registry to mount the blob from repository `from` (same registry). Best
     /// effort: false when the registry would not mount it.
     pub async fn mount(&self, image: &Reference, from: &Reference, digest: &str) -> bool {
-        if self.login(image).await.is_ok() {
-            self.use_mount_token(image, from).await;
+        if self.login(image).await.is_err() {
+            return false;
+        }
+        let registry = image.resolve_registry().to_owned();
+        let token_creds = self
+            .token_auth
+            .lock()
+            .expect("lock")
+            .get(&registry)
+            .cloned();
+        if let Some(creds) = token_creds {
+            return self.mount_with_token(image, from, digest, creds).await;
         }
         let result = self
             .call(image, &format!("mount blob {digest}"), |c| {
@@ -236,69 +246,61 @@ impl Registry {
         result.is_ok()
     }
 
-    /// On a registry with token auth, makes the push token of `image` one that also grants
-    /// pull on `from` (fetched once a minute per pair); best effort, like the mount itself.
-    async fn use_mount_token(&self, image: &Reference, from: &Reference) {
+    /// A mount on a registry with token auth: oci-client's tokens name one repository, so
+    /// this fetches one granting push on the target and pull on the source (reused for a pair
+    /// while it is young) and sends the mount request itself.
+    async fn mount_with_token(
+        &self,
+        image: &Reference,
+        from: &Reference,
+        digest: &str,
+        (user, password): (String, String),
+    ) -> bool {
         let registry = image.resolve_registry().to_owned();
-        let Some((user, password)) = self
-            .token_auth
-            .lock()
-            .expect("lock")
-            .get(&registry)
-            .cloned()
-        else {
-            return;
+        let scheme = if self.insecure.contains(&registry) {
+            "http"
+        } else {
+            "https"
         };
+        let registry_url = format!("{scheme}://{registry}");
         let key = (
-            registry.clone(),
+            registry,
             image.repository().to_owned(),
             from.repository().to_owned(),
         );
+        let http = self.http.get_or_init(mount_token::http_client);
         let cached = self
             .mount_tokens
             .lock()
             .expect("lock")
             .get(&key)
-            .filter(|(_, at)| at.elapsed() < mount_token::REUSE)
-            .map(|(token, _)| token.clone());
+            .filter(|t| t.fresh())
+            .cloned();
         let token = match cached {
             Some(token) => token,
             None => {
-                let scheme = if self.insecure.contains(&registry) {
-                    "http"
-                } else {
-                    "https"
-                };
-                let http = self.http.get_or_init(reqwest::Client::new);
-                match mount_token::fetch(
-                    http,
-                    &format!("{scheme}://{registry}"),
-                    (&user, &password),
-                    &key.1,
-                    &key.2,
-                )
-                .await
+                match mount_token::fetch(http, &registry_url, (&user, &password), &key.1, &key.2)
+                    .await
                 {
                     Ok(token) => {
                         let mut tokens = self.mount_tokens.lock().expect("lock");
-                        tokens.insert(key, (token.clone(), Instant::now()));
+                        tokens.insert(key.clone(), token.clone());
                         token
                     }
                     Err(problem) => {
                         tracing::debug!("no mount token for {}: {problem}", image.whole());
-                        return;
+                        return false;
                     }
                 }
             }
         };
-        self.client
-            .tokens
-            .insert(
-                image,
-                RegistryOperation::Push,
-                RegistryTokenType::Bearer(RegistryToken::Token { token }),
-            )
-            .await;
+        match mount_token::mount(http, &registry_url, &token, &key.1, &key.2, digest).await {
+            Ok(mounted) => mounted,
+            Err(problem) => {
+                tracing::debug!("mount from {} not done: {problem}", key.2);
+                false
+            }
+        }
     }
 
     /// Uploads the blob at `path` (digest and size known) in one streamed request.

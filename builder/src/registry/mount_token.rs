@@ -1,11 +1,37 @@
-//! Bearer tokens for cross-repository mounts. oci-client asks a token server for one
-//! repository per token, but a registry with token auth mounts a blob only for a token that
-//! also grants `pull` on the source repository: this asks for both scopes in one token.
+//! Cross-repository mounts on a registry with token auth. oci-client asks a token server for
+//! one repository per token, but such a registry mounts a blob only for a token that also
+//! grants `pull` on the source repository: this asks for both scopes in one token and sends
+//! the mount request with it, leaving oci-client's own tokens alone.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-/// How long a fetched mount token is reused (token servers grant minutes; stay well inside).
-pub(super) const REUSE: Duration = Duration::from_secs(60);
+/// The longest a mount token is reused, whatever lifetime the token server grants.
+const REUSE_AT_MOST: Duration = Duration::from_secs(60);
+
+/// A token and how long it may be reused.
+#[derive(Clone)]
+pub(super) struct Token {
+    value: String,
+    fetched: Instant,
+    reuse_for: Duration,
+}
+
+impl Token {
+    /// True while the token is young enough to use again (half its granted lifetime, at
+    /// most a minute).
+    pub(super) fn fresh(&self) -> bool {
+        self.fetched.elapsed() < self.reuse_for
+    }
+}
+
+/// The HTTP client for token and mount requests, with the registry client's timeouts.
+pub(super) fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap_or_default()
+}
 
 /// The parameters of a `WWW-Authenticate: Bearer realm="..",service=".."` challenge.
 #[derive(Debug, PartialEq)]
@@ -52,7 +78,7 @@ pub(super) async fn fetch(
     (user, password): (&str, &str),
     target: &str,
     from: &str,
-) -> Result<String, String> {
+) -> Result<Token, String> {
     let probe = http
         .get(format!("{registry_url}/v2/"))
         .send()
@@ -91,14 +117,61 @@ pub(super) async fn fetch(
     struct Answer {
         token: Option<String>,
         access_token: Option<String>,
+        expires_in: Option<u64>,
     }
     let answer: Answer =
         serde_json::from_slice(&body).map_err(|e| format!("token answer is not JSON: {e}"))?;
-    answer
+    // The spec's default lifetime is 60 s.
+    let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(60));
+    let value = answer
         .token
         .or(answer.access_token)
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| "token answer holds no token".to_owned())
+        .ok_or_else(|| "token answer holds no token".to_owned())?;
+    Ok(Token {
+        value,
+        fetched: Instant::now(),
+        reuse_for: (lifetime / 2).min(REUSE_AT_MOST),
+    })
+}
+
+/// Asks the registry to mount `digest` from `from` into `target` with `token`: true when it
+/// did (201). When it answers 202 it opened an upload instead; that upload is cancelled.
+pub(super) async fn mount(
+    http: &reqwest::Client,
+    registry_url: &str,
+    token: &Token,
+    target: &str,
+    from: &str,
+    digest: &str,
+) -> Result<bool, String> {
+    let url = reqwest::Url::parse_with_params(
+        &format!("{registry_url}/v2/{target}/blobs/uploads/"),
+        &[("mount", digest), ("from", from)],
+    )
+    .map_err(|e| format!("mount URL: {e}"))?;
+    let answer = http
+        .post(url)
+        .bearer_auth(&token.value)
+        .header(reqwest::header::CONTENT_LENGTH, "0")
+        .send()
+        .await
+        .map_err(|e| format!("mount request: {e}"))?;
+    match answer.status().as_u16() {
+        201 => Ok(true),
+        202 => {
+            if let Some(location) = answer
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                && let Ok(upload) = reqwest::Url::parse(registry_url).and_then(|u| u.join(location))
+            {
+                let _ = http.delete(upload).bearer_auth(&token.value).send().await;
+            }
+            Ok(false)
+        }
+        status => Err(format!("registry answered HTTP {status}")),
+    }
 }
 
 #[cfg(test)]
