@@ -99,6 +99,13 @@ pub(super) async fn fetch(
     }
     let url = reqwest::Url::parse_with_params(&challenge.realm, &params)
         .map_err(|e| format!("token realm {:?}: {e}", challenge.realm))?;
+    // The password goes to the realm: never in clear text for a registry spoken to over TLS.
+    if registry_url.starts_with("https:") && url.scheme() != "https" {
+        return Err(format!(
+            "token realm {} is not HTTPS; credentials are not sent there",
+            challenge.realm
+        ));
+    }
     let answer = http
         .get(url)
         .basic_auth(user, Some(password))
