@@ -40,29 +40,44 @@ struct Challenge {
     service: Option<String>,
 }
 
-/// Parses a Bearer challenge; `None` for any other scheme.
+/// Parses a Bearer challenge; `None` for any other scheme, or without a realm.
 fn parse_challenge(header: &str) -> Option<Challenge> {
     let (scheme, params) = header.trim().split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;
     }
     let (mut realm, mut service) = (None, None);
-    let mut rest = params.trim();
-    while !rest.is_empty() {
-        let (key, after) = rest.split_once('=')?;
-        let (value, after) = match after.strip_prefix('"') {
-            Some(quoted) => {
-                let end = quoted.find('"')?;
-                (&quoted[..end], &quoted[end + 1..])
-            }
-            None => after.split_once(',').unwrap_or((after, "")),
+    let mut chars = params.chars().peekable();
+    loop {
+        let key: String =
+            std::iter::from_fn(|| chars.next_if(|c| *c != '=' && *c != ',')).collect();
+        match chars.next() {
+            Some('=') => {}
+            // A parameter without a value.
+            Some(_) => continue,
+            None => break,
+        }
+        while chars.next_if(|c| c.is_whitespace()).is_some() {}
+        let value: String = if chars.next_if_eq(&'"').is_some() {
+            let quoted: String = std::iter::from_fn(|| chars.next_if(|c| *c != '"')).collect();
+            chars.next_if_eq(&'"')?;
+            quoted
+        } else {
+            std::iter::from_fn(|| chars.next_if(|c| *c != ','))
+                .collect::<String>()
+                .trim()
+                .to_owned()
         };
         match key.trim().to_ascii_lowercase().as_str() {
-            "realm" => realm = Some(value.to_owned()),
-            "service" => service = Some(value.to_owned()),
+            "realm" => realm = Some(value),
+            "service" => service = Some(value),
             _ => {}
         }
-        rest = after.trim_start_matches([',', ' ']);
+        // Up to and past the next comma.
+        while chars.next_if(|c| *c != ',').is_some() {}
+        if chars.next().is_none() {
+            break;
+        }
     }
     Some(Challenge {
         realm: realm?,
@@ -201,6 +216,13 @@ mod tests {
             Some(Challenge {
                 realm: "http://127.0.0.1:1/t,x".into(),
                 service: None,
+            })
+        );
+        assert_eq!(
+            parse_challenge(r#"Bearer error, realm = "http://t/token" , service="s""#),
+            Some(Challenge {
+                realm: "http://t/token".into(),
+                service: Some("s".into()),
             })
         );
         assert_eq!(parse_challenge(r#"Basic realm="kiln""#), None);
