@@ -398,6 +398,10 @@ fn bearer_token_auth_pushes_pulls_and_refuses_wrong_credentials() {
         err.contains(&base) && err.contains("401"),
         "wrong password: {err}"
     );
+    assert!(
+        err.contains("token server refused") && err.contains("wrong user name or password"),
+        "the token server's answer is not shown: {err}"
+    );
     assert!(!err.contains("wrong-T0ken"), "password leaked: {err}");
 
     // Right password: the base is pulled and the app pushed with tokens.

@@ -68,7 +68,8 @@ fn retryable_status(code: u16) -> bool {
     code == 429 || code >= 500
 }
 
-fn trimmed(body: &str) -> String {
+/// `body` on one line, at most 300 characters.
+pub(super) fn trimmed(body: &str) -> String {
     let body = body.trim();
     if body.is_empty() {
         return "(empty body)".into();

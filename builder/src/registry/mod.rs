@@ -61,6 +61,8 @@ pub struct Registry {
     token_auth: Arc<Mutex<HashMap<String, (String, String)>>>,
     /// Mount tokens by (registry, target repository, source repository), with when fetched.
     mount_tokens: Arc<Mutex<HashMap<MountPair, mount_token::Token>>>,
+    /// What a token server answered when it refused the credentials, by registry.
+    refusals: Arc<Mutex<HashMap<String, String>>>,
     /// A plain HTTP client for token requests, made on first use.
     http: Arc<std::sync::OnceLock<reqwest::Client>>,
 }
@@ -88,6 +90,7 @@ impl Registry {
             insecure: options.insecure,
             token_auth: Arc::default(),
             mount_tokens: Arc::default(),
+            refusals: Arc::default(),
             http: Arc::default(),
         }
     }
@@ -112,11 +115,21 @@ impl Registry {
                 .client
                 .auth(image, &creds.auth, RegistryOperation::Push)
                 .await;
-            if let (Ok(Some(_)), RegistryAuth::Basic(user, password)) = (token, &creds.auth) {
-                self.token_auth
-                    .lock()
-                    .expect("lock")
-                    .insert(registry.clone(), (user.clone(), password.clone()));
+            match (token, &creds.auth) {
+                (Ok(Some(_)), RegistryAuth::Basic(user, password)) => {
+                    self.token_auth
+                        .lock()
+                        .expect("lock")
+                        .insert(registry.clone(), (user.clone(), password.clone()));
+                }
+                // oci-client then goes on without a token; its 401 gets this answer added.
+                (Err(OciDistributionError::AuthenticationFailure(body)), _) => {
+                    self.refusals
+                        .lock()
+                        .expect("lock")
+                        .insert(registry.clone(), error::trimmed(&body));
+                }
+                _ => {}
             }
         } else if let Ok(None) = self
             .client
@@ -157,6 +170,18 @@ impl Registry {
     /// Wraps an oci-client failure with the reference and action, secrets removed.
     fn fail(&self, image: &Reference, action: &str, err: OciDistributionError) -> RegistryError {
         let mut answer = Answer::from(err);
+        if answer.status == Some(401)
+            && let Some(refusal) = self
+                .refusals
+                .lock()
+                .expect("lock")
+                .get(image.resolve_registry())
+        {
+            answer.text = format!(
+                "{}; the token server refused the credentials: {refusal}",
+                answer.text
+            );
+        }
         for secret in self.secrets.lock().expect("lock").iter() {
             if !secret.is_empty() {
                 answer.text = answer.text.replace(secret.as_str(), "***");
