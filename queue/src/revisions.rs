@@ -2,8 +2,10 @@
 //!
 //! Keys: `rev.<app>.<NNNNN>` holds a [`Revision`]; `job.<job_id>` names the revision a job
 //! produced; `built.<app>.<key>` names the revision built from given inputs; `latest.<app>` is
-//! a hint of the highest number. A number is taken by an atomic `create` of its `rev.` key, so
-//! numbers are contiguous per app and a revision and its job id are recorded in one write.
+//! a hint of the highest number; `claim.<job_id>` says which attempt of a job may record it
+//! and the number it reserved (see [`record`]). A number is taken by an atomic `create` of
+//! its `rev.` key, so numbers are contiguous per app and a revision and its job id are
+//! recorded in one write.
 
 use async_nats::jetstream::kv::CreateErrorKind;
 use bytes::Bytes;
