@@ -145,6 +145,27 @@ pub async fn run(
 
 /// Publishes an event; a failure to publish is logged, never fatal.
 async fn event(ctx: &Ctx, job_id: &str, app: Option<&str>, kind: EventKind) {
+    if let Err(err) = publish_event(ctx, job_id, app, kind).await {
+        tracing::warn!("event for {job_id}: {err}");
+    }
+}
+
+/// Publishes an event and waits for the stream's ack. A job's final `failed` event carries
+/// the message id `failed-<job_id>`, so the paths that may each report it (the attempt
+/// itself, the max-deliveries advisory, a retried advisory) publish it once.
+async fn publish_event(
+    ctx: &Ctx,
+    job_id: &str,
+    app: Option<&str>,
+    kind: EventKind,
+) -> Result<(), String> {
+    let last = matches!(
+        kind,
+        EventKind::Failed {
+            retryable: false,
+            ..
+        }
+    );
     let e = Event {
         schema_version: SCHEMA_VERSION,
         job_id: job_id.to_owned(),
@@ -152,10 +173,22 @@ async fn event(ctx: &Ctx, job_id: &str, app: Option<&str>, kind: EventKind) {
         kind,
         at: now(),
     };
-    let body = serde_json::to_vec(&e).expect("event");
-    if let Err(err) = ctx.queue.publish(nats::events_subject(job_id), body).await {
-        tracing::warn!("event for {job_id}: {err}");
+    let mut headers = async_nats::HeaderMap::new();
+    if last {
+        headers.insert("Nats-Msg-Id", format!("failed-{job_id}").as_str());
     }
+    ctx.queue
+        .js
+        .publish_with_headers(
+            nats::events_subject(job_id),
+            headers,
+            serde_json::to_vec(&e).expect("event").into(),
+        )
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 async fn handle(ctx: &Ctx, message: jetstream::Message) {
@@ -242,6 +275,28 @@ async fn handle(ctx: &Ctx, message: jetstream::Message) {
                 JobError::Transient(reason) => (reason, true),
             };
             tracing::warn!("job {} attempt {delivered} failed: {reason}", job.job_id());
+            // A final failure: no other attempt may record the job from now on; if one
+            // already did, that revision is the answer.
+            if !retry {
+                match revisions::give_up(&ctx.queue, job.app(), job.job_id()).await {
+                    Ok(Some(revision)) => {
+                        ctx.metrics.succeeded(started.elapsed());
+                        event(
+                            ctx,
+                            job.job_id(),
+                            Some(job.app()),
+                            EventKind::Revision {
+                                revision: Box::new(revision),
+                            },
+                        )
+                        .await;
+                        let _ = message.double_ack().await;
+                        return;
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::warn!("mark job {} given up: {e}", job.job_id()),
+                }
+            }
             if retry {
                 ctx.metrics.retried();
             } else {
@@ -627,7 +682,8 @@ async fn watch_max_deliveries(ctx: Arc<Ctx>) {
 /// Handles one max-deliveries advisory: marks the job given up (no attempt records it after
 /// that), publishes the final `failed` event unless a revision was recorded first, then
 /// removes the job from the work queue. Any NATS trouble leaves the advisory to be retried;
-/// the event carries a message id, so a retry does not publish it twice.
+/// the event carries a message id, so a retry (within the events stream's duplicate window)
+/// does not publish it twice.
 async fn give_up(ctx: &Ctx, advisory: &[u8]) -> Result<(), String> {
     let Some(seq) = serde_json::from_slice::<serde_json::Value>(advisory)
         .ok()
@@ -660,31 +716,18 @@ async fn give_up(ctx: &Ctx, advisory: &[u8]) -> Result<(), String> {
             .await
             .map_err(|e| e.to_string())?;
         if recorded.is_none() {
-            let event = Event {
-                schema_version: SCHEMA_VERSION,
-                job_id: job.job_id().to_owned(),
-                app: Some(job.app().to_owned()),
-                kind: EventKind::Failed {
+            publish_event(
+                ctx,
+                job.job_id(),
+                Some(job.app()),
+                EventKind::Failed {
                     reason: format!(
                         "gave up after {MAX_DELIVER} deliveries: no worker finished the job"
                     ),
                     retryable: false,
                 },
-                at: now(),
-            };
-            let mut headers = async_nats::HeaderMap::new();
-            headers.insert("Nats-Msg-Id", format!("gave-up-{}", job.job_id()).as_str());
-            ctx.queue
-                .js
-                .publish_with_headers(
-                    nats::events_subject(job.job_id()),
-                    headers,
-                    serde_json::to_vec(&event).expect("event").into(),
-                )
-                .await
-                .map_err(|e| e.to_string())?
-                .await
-                .map_err(|e| e.to_string())?;
+            )
+            .await?;
             ctx.metrics.failed();
         }
     }

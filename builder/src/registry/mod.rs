@@ -322,6 +322,8 @@ impl Registry {
         match mount_token::mount(http, &registry_url, &token, &key.1, &key.2, digest).await {
             Ok(mounted) => mounted,
             Err(problem) => {
+                // A token the registry refused is not used again.
+                self.mount_tokens.lock().expect("lock").remove(&key);
                 tracing::debug!("mount from {} not done: {problem}", key.2);
                 false
             }

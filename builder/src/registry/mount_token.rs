@@ -186,7 +186,10 @@ pub(super) async fn mount(
                 .headers()
                 .get(reqwest::header::LOCATION)
                 .and_then(|l| l.to_str().ok())
-                && let Ok(upload) = reqwest::Url::parse(registry_url).and_then(|u| u.join(location))
+                && let Ok(base) = reqwest::Url::parse(registry_url)
+                && let Ok(upload) = base.join(location)
+                // The token goes only back to the registry itself.
+                && upload.origin() == base.origin()
             {
                 let _ = http.delete(upload).bearer_auth(&token.value).send().await;
             }
