@@ -78,6 +78,28 @@ async fn last_event(queue: &Queue, job_id: &str) -> String {
     }
 }
 
+/// Submits `count` distinct faas sources over `apps` apps (`<prefix><i % apps>`, job ids
+/// `<prefix>-<i>`); returns the (app, job id) pairs.
+async fn submit_variants(
+    queue: &Queue,
+    tmp: &Path,
+    prefix: &str,
+    count: usize,
+    apps: usize,
+) -> Vec<(String, String)> {
+    let mut jobs = Vec::new();
+    for i in 0..count {
+        let app = format!("{prefix}{}", i % apps);
+        let id = format!("{prefix}-{i}");
+        let dir = faas_variant(tmp, &id, "hello", "greeting", &format!("{prefix} {i}"));
+        submit(queue, &submission(dir, &app, &id), &tmp.join("submit"))
+            .await
+            .unwrap();
+        jobs.push((app, id));
+    }
+    jobs
+}
+
 /// Every app's revisions are numbered 1..=n with no gap, and each job has its own.
 async fn assert_exactly_one_each(queue: &Queue, done: &BTreeMap<String, Revision>) {
     let mut per_app: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
@@ -344,22 +366,7 @@ fn two_workers_fifty_jobs_ten_apps_exactly_one_revision_each() {
     let rt = tokio_rt();
     rt.block_on(async {
         let queue = Queue::connect(&nats.url).await.unwrap();
-        let scratch = tmp.path().join("submit");
-        let mut jobs = Vec::new();
-        for i in 0..50 {
-            let app = format!("app{}", i % 10);
-            let dir = faas_variant(
-                tmp.path(),
-                &format!("src{i}"),
-                "hello",
-                "greeting",
-                &format!("hi {i}"),
-            );
-            let id = format!("job-{i}");
-            let submission = submission(dir, &app, &id);
-            submit(&queue, &submission, &scratch).await.unwrap();
-            jobs.push((app, id));
-        }
+        let jobs = submit_variants(&queue, tmp.path(), "app", 50, 10).await;
         let done = wait_for_revisions(&queue, &jobs, Duration::from_secs(240)).await;
         assert_exactly_one_each(&queue, &done).await;
     });
@@ -385,22 +392,7 @@ fn killed_workers_lose_no_job_and_double_none() {
     let rt = tokio_rt();
     rt.block_on(async {
         let queue = Queue::connect(&nats.url).await.unwrap();
-        let scratch = tmp.path().join("submit");
-        let mut jobs = Vec::new();
-        for i in 0..24 {
-            let app = format!("kill{}", i % 4);
-            let dir = faas_variant(
-                tmp.path(),
-                &format!("k{i}"),
-                "hello",
-                "greeting",
-                &format!("k {i}"),
-            );
-            let id = format!("kill-{i}");
-            let submission = submission(dir, &app, &id);
-            submit(&queue, &submission, &scratch).await.unwrap();
-            jobs.push((app, id));
-        }
+        let jobs = submit_variants(&queue, tmp.path(), "kill", 24, 4).await;
         // kill -9 one worker again and again while the queue drains, restarting it each time.
         for round in 0..5 {
             tokio::time::sleep(Duration::from_millis(150 + 100 * round)).await;
