@@ -663,7 +663,7 @@ async fn watch_max_deliveries(ctx: Arc<Ctx>) {
         match messages {
             Ok(mut messages) => {
                 while let Some(Ok(advisory)) = messages.next().await {
-                    let ack = match give_up(&ctx, &advisory.payload).await {
+                    let ack = match handle_max_deliveries(&ctx, &advisory.payload).await {
                         Ok(()) => AckKind::Ack,
                         Err(e) => {
                             tracing::warn!("max-deliveries advisory: {e}");
@@ -684,7 +684,7 @@ async fn watch_max_deliveries(ctx: Arc<Ctx>) {
 /// removes the job from the work queue. Any NATS trouble leaves the advisory to be retried;
 /// the event carries a message id, so a retry (within the events stream's duplicate window)
 /// does not publish it twice.
-async fn give_up(ctx: &Ctx, advisory: &[u8]) -> Result<(), String> {
+async fn handle_max_deliveries(ctx: &Ctx, advisory: &[u8]) -> Result<(), String> {
     let Some(seq) = serde_json::from_slice::<serde_json::Value>(advisory)
         .ok()
         .and_then(|doc| doc["stream_seq"].as_u64())
