@@ -231,7 +231,22 @@ pub async fn record(
             {
                 return Ok(Recorded::Done(Box::new(done)));
             }
-            match commit(queue, revision.clone(), &key, ours, state).await? {
+            let committed = match commit(queue, revision.clone(), &key, ours, state).await {
+                Ok(committed) => committed,
+                Err(e) => {
+                    // Failed before reserving a number: release the claim (only if it is
+                    // still exactly as made), so the retry need not wait it out. Once a
+                    // number is reserved the claim must stay.
+                    if state == ClaimState::Claimed {
+                        let _ = queue
+                            .revisions
+                            .delete_expect_revision(&key, Some(ours))
+                            .await;
+                    }
+                    return Err(e);
+                }
+            };
+            match committed {
                 Some(recorded) => {
                     index(queue, &recorded, inputs_key).await?;
                     return Ok(Recorded::Done(Box::new(recorded)));
