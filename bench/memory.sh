@@ -8,19 +8,8 @@ cd "$(dirname "$0")/.."
 if [ $# -gt 0 ]; then SIZES=("$@"); else SIZES=(64 256 1024); fi
 cargo build --release -q
 KILN=$PWD/target/release/kiln
-W=$(mktemp -d /tmp/kiln-memory.XXXXXX)
-PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-REG=127.0.0.1:$PORT
-cat >"$W/registry.yml" <<EOF
-version: 0.1
-log: {level: error, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: $W/registry}}
-http: {addr: $REG}
-EOF
-docker-registry serve "$W/registry.yml" >/dev/null 2>&1 &
-RPID=$!
-trap 'kill $RPID 2>/dev/null; wait 2>/dev/null; rm -rf "$W"' EXIT
-for _ in $(seq 100); do curl -sf "http://$REG/v2/" >/dev/null && break; sleep 0.1; done
+source bench/lib.sh
+start_registry
 "$KILN" base from-host --layout "$W/base-out" --cache-dir "$W/base-cache" >/dev/null 2>&1
 
 timed() { # command...: prints "wall_s rss_mib"

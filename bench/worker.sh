@@ -10,23 +10,9 @@ cd "$(dirname "$0")/.."
 REBASE_APPS=${1:-100}
 cargo build --release -q
 KILN=$PWD/target/release/kiln
-W=$(mktemp -d /tmp/kiln-worker-bench.XXXXXX)
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-NPORT=$(free_port); RPORT=$(free_port)
-NATS=nats://127.0.0.1:$NPORT; REG=127.0.0.1:$RPORT
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$W"; }
-trap cleanup EXIT
-
-nats-server -js -a 127.0.0.1 -p "$NPORT" -sd "$W/nats" >/dev/null 2>&1 & pids+=($!)
-cat >"$W/registry.yml" <<EOF
-version: 0.1
-log: {level: error, accesslog: {disabled: true}}
-storage: {filesystem: {rootdirectory: $W/registry}}
-http: {addr: $REG}
-EOF
-docker-registry serve "$W/registry.yml" >/dev/null 2>&1 & pids+=($!)
-for _ in $(seq 100); do curl -sf "http://$REG/v2/" >/dev/null && break; sleep 0.1; done
+source bench/lib.sh
+start_nats
+start_registry
 export KILN_CACHE_DIR=$W/cli-cache KILN_INSECURE_REGISTRIES=$REG KILN_NATS=$NATS
 
 # Runtime bases v1 (host node) and v2 (the same plus one stack layer, made with umoci).
