@@ -661,9 +661,12 @@ fn fake_server(answer: &'static [u8]) -> String {
     addr
 }
 
-/// A registry that has every blob and rejects every manifest with 400 MANIFEST_INVALID;
-/// returns its address and the number of manifest PUTs it answered.
-fn registry_rejecting_manifests() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+/// A registry that has every blob and answers manifest PUTs with 400 `code` (the first
+/// `rejections` of them; 201 after); returns its address and the number of manifest PUTs.
+fn registry_rejecting_manifests(
+    code: &'static str,
+    rejections: usize,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     use std::io::{BufRead, BufReader, Read, Write};
     use std::sync::atomic::Ordering;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -692,20 +695,26 @@ fn registry_rejecting_manifests() -> (String, std::sync::Arc<std::sync::atomic::
                 .by_ref()
                 .take(length as u64)
                 .read_to_end(&mut Vec::new());
+            let rejected = format!(
+                r#"{{"errors":[{{"code":"{code}","message":"refused","detail":"rejected by test"}}]}}"#
+            );
+            let mut location = String::new();
             let (status, body) = if request.starts_with("PUT ") && request.contains("/manifests/") {
-                counter.fetch_add(1, Ordering::SeqCst);
-                (
-                    "400 Bad Request",
-                    r#"{"errors":[{"code":"MANIFEST_INVALID","message":"manifest invalid","detail":"rejected by test"}]}"#,
-                )
+                if counter.fetch_add(1, Ordering::SeqCst) < rejections {
+                    ("400 Bad Request", rejected)
+                } else {
+                    let path = request.split(' ').nth(1).unwrap_or("/");
+                    location = format!("location: {path}\r\n");
+                    ("201 Created", String::new())
+                }
             } else if request.starts_with("GET /v2/ ") || request.starts_with("HEAD ") {
-                ("200 OK", "")
+                ("200 OK", String::new())
             } else {
-                ("404 Not Found", "")
+                ("404 Not Found", String::new())
             };
             let _ = write!(
                 conn,
-                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\n{location}content-length: {}\r\nconnection: close\r\n\r\n{body}",
                 body.len()
             );
         }
@@ -717,7 +726,7 @@ fn registry_rejecting_manifests() -> (String, std::sync::Arc<std::sync::atomic::
 fn a_manifest_the_registry_rejects_is_a_clear_error_not_retried() {
     let tmp = tempfile::tempdir().unwrap();
     let npm = npm_cache(tmp.path());
-    let (rejecting, puts) = registry_rejecting_manifests();
+    let (rejecting, puts) = registry_rejecting_manifests("MANIFEST_INVALID", usize::MAX);
     let image = format!("{rejecting}/apps/rejected:v1");
     let fixture = root().join("fixtures/faas-hello");
     let out = kiln(
@@ -741,6 +750,51 @@ fn a_manifest_the_registry_rejects_is_a_clear_error_not_retried() {
         1,
         "a rejected manifest was sent again"
     );
+}
+
+/// A registry that lost a blob it had confirmed (a storage race between two pushes of one
+/// blob) refuses the manifest with MANIFEST_BLOB_UNKNOWN: the push checks the blobs again
+/// and sends the manifest again.
+#[test]
+fn a_manifest_refused_for_an_unknown_blob_is_pushed_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let (registry, puts) = registry_rejecting_manifests("MANIFEST_BLOB_UNKNOWN", 1);
+    let fixture = root().join("fixtures/faas-hello");
+    let out = kiln(
+        &[
+            "build",
+            fixture.to_str().unwrap(),
+            "--image",
+            &format!("{registry}/apps/racy:v1"),
+            "--insecure-registry",
+            &registry,
+        ],
+        &npm,
+    );
+    ok(out, "push after a blob-unknown refusal");
+    assert_eq!(puts.load(std::sync::atomic::Ordering::SeqCst), 2);
+    // Refused every time: a clear error after three rounds.
+    let (registry, puts) = registry_rejecting_manifests("MANIFEST_BLOB_UNKNOWN", usize::MAX);
+    let image = format!("{registry}/apps/racy:v1");
+    let out = kiln(
+        &[
+            "build",
+            fixture.to_str().unwrap(),
+            "--image",
+            &image,
+            "--insecure-registry",
+            &registry,
+        ],
+        &npm,
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&image) && err.contains("MANIFEST_BLOB_UNKNOWN"),
+        "{err}"
+    );
+    assert_eq!(puts.load(std::sync::atomic::Ordering::SeqCst), 3);
 }
 
 #[test]

@@ -57,32 +57,43 @@ pub async fn push_image(registry: &Registry, built: &Built, target: &str) -> Res
     blobs.extend(manifest.layers.iter().cloned());
     blobs.dedup_by(|a, b| a.digest == b.digest);
     let (image_ref, repository_ref) = (&image, repository.as_str());
-    let outcomes: Vec<BlobOutcome> =
-        futures_util::stream::iter(blobs)
+    let mut pushed = Pushed {
+        reference: image.whole(),
+        ..Pushed::default()
+    };
+    // A registry can lose a blob it just confirmed while another push into the same
+    // repository writes the same blob (distribution's storage race): it then refuses the
+    // manifest with BLOB_UNKNOWN. The blobs are checked and pushed again, up to twice more.
+    for round in 1.. {
+        let outcomes: Vec<BlobOutcome> = futures_util::stream::iter(blobs.iter().cloned())
             .map(|blob| async move {
                 push_blob(registry, built, image_ref, repository_ref, &blob).await
             })
             .buffer_unordered(PARALLEL_PUSHES)
             .try_collect()
             .await?;
-
-    let mut pushed = Pushed {
-        reference: image.whole(),
-        ..Pushed::default()
-    };
-    for outcome in outcomes {
-        match outcome {
-            BlobOutcome::Present => pushed.present += 1,
-            BlobOutcome::Mounted => pushed.mounted += 1,
-            BlobOutcome::Uploaded(bytes) => {
-                pushed.uploaded += 1;
-                pushed.uploaded_bytes += bytes;
+        for outcome in outcomes {
+            match outcome {
+                BlobOutcome::Present => pushed.present += 1,
+                BlobOutcome::Mounted => pushed.mounted += 1,
+                BlobOutcome::Uploaded(bytes) => {
+                    pushed.uploaded += 1;
+                    pushed.uploaded_bytes += bytes;
+                }
             }
         }
+        match registry
+            .put_manifest(&image, &manifest_bytes, &built.manifest.media_type)
+            .await
+        {
+            Ok(_) => break,
+            Err(e) if round < 3 && e.answer.text.contains("BLOB_UNKNOWN") => {
+                tracing::debug!("{e}; pushing the blobs again");
+                tokio::time::sleep(std::time::Duration::from_millis(100 * round)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
-    registry
-        .put_manifest(&image, &manifest_bytes, &built.manifest.media_type)
-        .await?;
     pushed.digest = Some(built.manifest.digest.clone());
     Ok(pushed)
 }
