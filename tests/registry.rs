@@ -661,6 +661,22 @@ fn fake_server(answer: &'static [u8]) -> String {
     addr
 }
 
+/// `kiln build fixtures/faas-hello --image <image>` to the plain-HTTP `registry`.
+fn push_faas_hello(image: &str, registry: &str, npm: &Path) -> Output {
+    let fixture = root().join("fixtures/faas-hello");
+    kiln(
+        &[
+            "build",
+            fixture.to_str().unwrap(),
+            "--image",
+            image,
+            "--insecure-registry",
+            registry,
+        ],
+        npm,
+    )
+}
+
 /// A registry that has every blob and answers manifest PUTs with 400 `code` (the first
 /// `rejections` of them; 201 after); returns its address and the number of manifest PUTs.
 fn registry_rejecting_manifests(
@@ -728,18 +744,7 @@ fn a_manifest_the_registry_rejects_is_a_clear_error_not_retried() {
     let npm = npm_cache(tmp.path());
     let (rejecting, puts) = registry_rejecting_manifests("MANIFEST_INVALID", usize::MAX);
     let image = format!("{rejecting}/apps/rejected:v1");
-    let fixture = root().join("fixtures/faas-hello");
-    let out = kiln(
-        &[
-            "build",
-            fixture.to_str().unwrap(),
-            "--image",
-            &image,
-            "--insecure-registry",
-            &rejecting,
-        ],
-        &npm,
-    );
+    let out = push_faas_hello(&image, &rejecting, &npm);
     assert!(!out.status.success());
     let err = stderr(&out);
     for part in [image.as_str(), "push manifest", "400", "MANIFEST_INVALID"] {
@@ -760,34 +765,13 @@ fn a_manifest_refused_for_an_unknown_blob_is_pushed_again() {
     let tmp = tempfile::tempdir().unwrap();
     let npm = npm_cache(tmp.path());
     let (registry, puts) = registry_rejecting_manifests("MANIFEST_BLOB_UNKNOWN", 1);
-    let fixture = root().join("fixtures/faas-hello");
-    let out = kiln(
-        &[
-            "build",
-            fixture.to_str().unwrap(),
-            "--image",
-            &format!("{registry}/apps/racy:v1"),
-            "--insecure-registry",
-            &registry,
-        ],
-        &npm,
-    );
+    let out = push_faas_hello(&format!("{registry}/apps/racy:v1"), &registry, &npm);
     ok(out, "push after a blob-unknown refusal");
     assert_eq!(puts.load(std::sync::atomic::Ordering::SeqCst), 2);
     // Refused every time: a clear error after three rounds.
     let (registry, puts) = registry_rejecting_manifests("MANIFEST_BLOB_UNKNOWN", usize::MAX);
     let image = format!("{registry}/apps/racy:v1");
-    let out = kiln(
-        &[
-            "build",
-            fixture.to_str().unwrap(),
-            "--image",
-            &image,
-            "--insecure-registry",
-            &registry,
-        ],
-        &npm,
-    );
+    let out = push_faas_hello(&image, &registry, &npm);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
