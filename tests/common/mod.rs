@@ -5,6 +5,7 @@
 pub mod nats;
 pub mod proxy;
 pub mod registry;
+pub mod secrets;
 pub mod token;
 
 use std::path::{Path, PathBuf};
