@@ -1,10 +1,15 @@
 //! A TCP proxy on loopback that counts bytes and can drop, delay or truncate connections, to
-//! put connection faults between kiln and a real server.
+//! put connection faults between kiln and a real server. Every fault is counted where it
+//! takes effect: a refusal when a connection is refused, a truncation when a request is cut
+//! with bytes withheld, a cut for each open connection shut down.
 
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+
+/// An accepted connection and whether both of its directions are still forwarding.
+type LiveConn = (TcpStream, Arc<AtomicBool>);
 
 /// A running proxy to one upstream address.
 pub struct Proxy {
@@ -12,12 +17,11 @@ pub struct Proxy {
     pub addr: String,
     drop_next: Arc<AtomicUsize>,
     dropped: Arc<AtomicUsize>,
-    truncate: Arc<Mutex<Option<(usize, u64)>>>,
-    truncated: Arc<AtomicUsize>,
+    truncate: Arc<Truncate>,
     delay_ms: Arc<AtomicU64>,
     bytes_up: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
-    live: Arc<Mutex<Vec<TcpStream>>>,
+    live: Arc<Mutex<Vec<LiveConn>>>,
 }
 
 impl Proxy {
@@ -30,7 +34,6 @@ impl Proxy {
             drop_next: Arc::default(),
             dropped: Arc::default(),
             truncate: Arc::default(),
-            truncated: Arc::default(),
             delay_ms: Arc::default(),
             bytes_up: Arc::default(),
             stop: Arc::default(),
@@ -43,11 +46,7 @@ impl Proxy {
             proxy.stop.clone(),
             proxy.live.clone(),
         );
-        let (truncate, truncated, delay_ms) = (
-            proxy.truncate.clone(),
-            proxy.truncated.clone(),
-            proxy.delay_ms.clone(),
-        );
+        let (truncate, delay_ms) = (proxy.truncate.clone(), proxy.delay_ms.clone());
         let upstream = upstream.to_owned();
         std::thread::spawn(move || {
             for client in listener.incoming() {
@@ -70,32 +69,23 @@ impl Proxy {
                     continue;
                 };
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let open = Arc::new(AtomicBool::new(true));
                 {
                     let mut live = live.lock().unwrap();
-                    live.retain(|s| s.peer_addr().is_ok());
-                    live.push(client.try_clone().unwrap());
+                    live.retain(|(_, open)| open.load(Ordering::SeqCst));
+                    live.push((client.try_clone().unwrap(), open.clone()));
                 }
-                // A truncated connection forwards `limit` bytes upstream, then is cut.
-                let limit = {
-                    let mut truncate = truncate.lock().unwrap();
-                    match truncate.as_mut() {
-                        Some((n, bytes)) if *n > 0 => {
-                            *n -= 1;
-                            truncated.fetch_add(1, Ordering::SeqCst);
-                            Some(*bytes)
-                        }
-                        _ => None,
-                    }
-                };
                 let up = Link {
                     count: Some(bytes_up.clone()),
-                    limit,
+                    truncate: Some(truncate.clone()),
                     delay_ms: delay_ms.clone(),
+                    open: open.clone(),
                 };
                 let down = Link {
                     count: None,
-                    limit: None,
+                    truncate: None,
                     delay_ms: delay_ms.clone(),
+                    open,
                 };
                 std::thread::spawn(move || pipe(client, server, up));
                 std::thread::spawn(move || pipe(s2, c2, down));
@@ -109,15 +99,37 @@ impl Proxy {
         self.drop_next.store(n, Ordering::SeqCst);
     }
 
-    /// Makes the next `n` connections carry only `bytes` from the client, then cuts them
-    /// (a request cut off in the middle).
-    pub fn truncate_next(&self, n: usize, bytes: u64) {
-        *self.truncate.lock().unwrap() = Some((n, bytes));
+    /// Refusals asked for by [`Proxy::drop_next`] that have not happened yet.
+    pub fn drops_pending(&self) -> usize {
+        self.drop_next.load(Ordering::SeqCst)
     }
 
-    /// Connections truncated so far.
+    /// Connections dropped so far.
+    pub fn dropped(&self) -> usize {
+        self.dropped.load(Ordering::SeqCst)
+    }
+
+    /// Cuts the next `n` connections, open or new, that carry more than `bytes` from the
+    /// client from now on: the first `bytes` reach the upstream, the rest of that chunk is
+    /// withheld and the connection is cut both ways (a request cut off in the middle). Once
+    /// `n` have been cut the others carry on untouched, so exactly `n` truncations happen
+    /// given enough traffic. Replaces any truncations still pending.
+    pub fn truncate_next(&self, n: usize, bytes: u64) {
+        let t = &self.truncate;
+        t.pending.store(0, Ordering::SeqCst);
+        t.limit.store(bytes, Ordering::SeqCst);
+        t.epoch.fetch_add(1, Ordering::SeqCst);
+        t.pending.store(n, Ordering::SeqCst);
+    }
+
+    /// Truncations asked for by [`Proxy::truncate_next`] that have not happened yet.
+    pub fn truncations_pending(&self) -> usize {
+        self.truncate.pending.load(Ordering::SeqCst)
+    }
+
+    /// Connections cut so far at their byte limit with bytes withheld (counted when cut).
     pub fn truncated(&self) -> usize {
-        self.truncated.load(Ordering::SeqCst)
+        self.truncate.done.load(Ordering::SeqCst)
     }
 
     /// Delays every chunk forwarded from now on, both directions, by `delay`.
@@ -126,16 +138,17 @@ impl Proxy {
             .store(delay.as_millis() as u64, Ordering::SeqCst);
     }
 
-    /// Cuts every open connection at once (both directions).
-    pub fn cut_all(&self) {
-        for conn in self.live.lock().unwrap().drain(..) {
+    /// Cuts every open connection at once (both directions); returns how many were still
+    /// open (forwarding both ways) when cut.
+    pub fn cut_all(&self) -> usize {
+        let mut cut = 0;
+        for (conn, open) in self.live.lock().unwrap().drain(..) {
+            if open.swap(false, Ordering::SeqCst) {
+                cut += 1;
+            }
             let _ = conn.shutdown(Shutdown::Both);
         }
-    }
-
-    /// Connections dropped so far.
-    pub fn dropped(&self) -> usize {
-        self.dropped.load(Ordering::SeqCst)
+        cut
     }
 
     /// Bytes sent from clients to the upstream so far.
@@ -151,19 +164,35 @@ impl Drop for Proxy {
     }
 }
 
+/// Truncations asked for, shared by every connection of a proxy.
+#[derive(Default)]
+struct Truncate {
+    /// Truncations still to do.
+    pending: AtomicUsize,
+    /// Bytes a connection may carry upstream, counted from the last `truncate_next`.
+    limit: AtomicU64,
+    /// Bumped by each `truncate_next`: connections count their bytes from it.
+    epoch: AtomicU64,
+    /// Truncations done.
+    done: AtomicUsize,
+}
+
 /// One direction of a proxied connection.
 struct Link {
     /// Counts the bytes forwarded.
     count: Option<Arc<AtomicU64>>,
-    /// Cut both ways after this many bytes.
-    limit: Option<u64>,
+    /// Cut both ways once more than the limit is to be forwarded (while cuts are pending).
+    truncate: Option<Arc<Truncate>>,
     /// Wait before forwarding each chunk.
     delay_ms: Arc<AtomicU64>,
+    /// Cleared when either direction stops forwarding.
+    open: Arc<AtomicBool>,
 }
 
 fn pipe(mut from: TcpStream, mut to: TcpStream, link: Link) {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut sent = 0u64;
+    // Bytes forwarded since truncation epoch `.0`.
+    let mut watched = (0u64, 0u64);
     loop {
         match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
@@ -172,24 +201,48 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, link: Link) {
                 if delay > 0 {
                     std::thread::sleep(std::time::Duration::from_millis(delay));
                 }
-                let n = match link.limit {
-                    Some(limit) => n.min(limit.saturating_sub(sent) as usize),
-                    None => n,
-                };
+                // Past the limit while a truncation is pending: take it and cut here.
+                let mut cut_at = None;
+                if let Some(t) = &link.truncate
+                    && t.pending.load(Ordering::SeqCst) > 0
+                {
+                    let epoch = t.epoch.load(Ordering::SeqCst);
+                    if watched.0 != epoch {
+                        watched = (epoch, 0);
+                    }
+                    let limit = t.limit.load(Ordering::SeqCst);
+                    if watched.1 + n as u64 > limit
+                        && t.pending
+                            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |p| p.checked_sub(1))
+                            .is_ok()
+                    {
+                        cut_at = Some(limit.saturating_sub(watched.1) as usize);
+                    }
+                }
+                let n = cut_at.unwrap_or(n);
                 if let Some(c) = &link.count {
                     c.fetch_add(n as u64, Ordering::SeqCst);
                 }
                 if to.write_all(&buf[..n]).is_err() {
+                    if let (Some(t), Some(_)) = (&link.truncate, cut_at) {
+                        // Not cut by us after all: the truncation is still to do.
+                        t.pending.fetch_add(1, Ordering::SeqCst);
+                    }
                     break;
                 }
-                sent += n as u64;
-                if link.limit.is_some_and(|limit| sent >= limit) {
+                watched.1 += n as u64;
+                if cut_at.is_some() {
+                    link.open.store(false, Ordering::SeqCst);
                     let _ = from.shutdown(Shutdown::Both);
                     let _ = to.shutdown(Shutdown::Both);
+                    if let Some(t) = &link.truncate {
+                        t.done.fetch_add(1, Ordering::SeqCst);
+                    }
                     return;
                 }
             }
         }
     }
+    link.open.store(false, Ordering::SeqCst);
     let _ = to.shutdown(Shutdown::Write);
 }
