@@ -6,13 +6,20 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use async_nats::jetstream::consumer;
 use common::nats::TestNats;
+use common::proxy::Proxy;
 use common::registry::TestRegistry;
 use common::*;
+use futures_util::StreamExt;
 use kiln_queue::submit::submit;
-use kiln_queue::{Queue, Revision};
+use kiln_queue::{Event, EventKind, Queue, Revision};
+
+/// The ack wait [`worker`] gives its workers.
+const ACK_WAIT: Duration = Duration::from_secs(3);
 
 /// Starts `kiln worker` with its own cache directory (ack wait 3 s, grace 10 s).
 fn worker(
@@ -100,32 +107,276 @@ async fn submit_variants(
     jobs
 }
 
-/// Every app's revisions are numbered 1..=n with no gap, and each job has its own.
-async fn assert_exactly_one_each(queue: &Queue, done: &BTreeMap<String, Revision>) {
-    let mut per_app: BTreeMap<&str, BTreeSet<u64>> = BTreeMap::new();
-    for (job, r) in done {
-        assert_eq!(&r.job_id, job, "job {job} points at another job's revision");
+/// Exactly once, checked once the dust has settled. Waits until every job has a revision,
+/// then until `KILN_JOBS` is empty and `kiln-workers` has nothing pending or ack-pending; lets
+/// the workers run past the ack wait (a late redelivery gets its chance and must find the
+/// queue drained again), stops them with SIGTERM (each must exit 0, finishing anything still
+/// in hand), and only then reads every `rev.*` key of the KV: each job has exactly one
+/// revision, numbered 1..=n per app with no gap, no revision belongs to a job or app not
+/// submitted, `revisions::list` sees the same, and each `job.<id>` index names that revision.
+async fn assert_exactly_once(
+    queue: &Queue,
+    jobs: &[(String, String)],
+    workers: Vec<TestWorker>,
+    timeout: Duration,
+) -> BTreeMap<String, Revision> {
+    let done = wait_for_revisions(queue, jobs, timeout).await;
+    wait_drained(queue, Duration::from_secs(60)).await;
+    tokio::time::sleep(ACK_WAIT + Duration::from_secs(1)).await;
+    wait_drained(queue, Duration::from_secs(60)).await;
+    for mut w in workers {
+        let status = sigterm(&mut w, Duration::from_secs(30)).await;
+        assert!(status.success(), "worker exit after SIGTERM: {status}");
+    }
+    wait_drained(queue, Duration::from_secs(5)).await;
+
+    let mut expected: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+    for (app, job) in jobs {
+        expected.entry(app).or_default().insert(job);
+    }
+    let recorded = all_revisions(queue).await;
+    for app in recorded.keys() {
         assert!(
-            per_app.entry(&r.app).or_default().insert(r.number),
-            "two jobs share {}",
-            r.name
+            expected.contains_key(app.as_str()),
+            "revisions of app {app}, which no job was for: {:?}",
+            names(&recorded[app])
         );
     }
-    for (app, numbers) in per_app {
-        let all = kiln_queue::revisions::list(queue, app).await.unwrap();
-        let recorded: BTreeSet<u64> = all.iter().map(|r| r.number).collect();
-        let by_job: Vec<(&str, &str)> = all
-            .iter()
-            .map(|r| (r.name.as_str(), r.job_id.as_str()))
-            .collect();
-        eprintln!("{app}: {by_job:?}");
+    for (app, app_jobs) in &expected {
+        let revisions = recorded.get(*app).cloned().unwrap_or_default();
+        let mut by_job: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for r in &revisions {
+            assert_eq!(&r.app, app, "{} is filed under {app}", r.name);
+            assert!(
+                app_jobs.contains(r.job_id.as_str()),
+                "{} belongs to job {:?}, which was never submitted for {app}",
+                r.name,
+                r.job_id
+            );
+            by_job.entry(&r.job_id).or_default().push(&r.name);
+        }
+        for job in app_jobs {
+            match by_job.get(job).map(Vec::as_slice) {
+                Some([_]) => {}
+                Some(more) => panic!("job {job} has {} revisions: {more:?}", more.len()),
+                None => panic!("job {job} has no revision in the KV"),
+            }
+        }
+        let numbers: Vec<u64> = revisions.iter().map(|r| r.number).collect();
         assert_eq!(
-            recorded,
-            (1..=numbers.len() as u64).collect::<BTreeSet<_>>(),
-            "{app}: revisions not contiguous or doubled"
+            numbers,
+            (1..=app_jobs.len() as u64).collect::<Vec<_>>(),
+            "{app}: revision numbers are not 1..={} ({:?})",
+            app_jobs.len(),
+            names(&revisions)
         );
-        assert_eq!(numbers, recorded, "{app}: a revision without its job");
+        let listed = kiln_queue::revisions::list(queue, app).await.unwrap();
+        assert_eq!(
+            names(&listed),
+            names(&revisions),
+            "{app}: revisions::list disagrees with the KV"
+        );
+        for r in &revisions {
+            assert_eq!(
+                done[&r.job_id].name, r.name,
+                "job.{} does not name its revision",
+                r.job_id
+            );
+        }
     }
+    done
+}
+
+fn names(revisions: &[Revision]) -> Vec<(String, String)> {
+    revisions
+        .iter()
+        .map(|r| (r.name.clone(), r.job_id.clone()))
+        .collect()
+}
+
+/// Every revision in the `kiln-revisions` KV (every `rev.<app>.<n>` key, whatever
+/// `latest.<app>` says), by app, in number order.
+async fn all_revisions(queue: &Queue) -> BTreeMap<String, Vec<Revision>> {
+    let keys: Vec<String> = queue
+        .revisions
+        .keys()
+        .await
+        .unwrap()
+        .map(Result::unwrap)
+        .collect()
+        .await;
+    let mut all: BTreeMap<String, Vec<Revision>> = BTreeMap::new();
+    for key in keys.iter().filter(|k| k.starts_with("rev.")) {
+        let bytes = queue.revisions.get(key).await.unwrap().unwrap();
+        let r: Revision = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(key, &format!("rev.{}.{:05}", r.app, r.number), "{r:?}");
+        all.entry(r.app.clone()).or_default().push(r);
+    }
+    for revisions in all.values_mut() {
+        revisions.sort_by_key(|r| r.number);
+    }
+    all
+}
+
+/// Waits until `KILN_JOBS` holds no message and `kiln-workers` has nothing pending or
+/// ack-pending.
+async fn wait_drained(queue: &Queue, within: Duration) {
+    let mut stream = queue
+        .js
+        .get_stream(kiln_queue::nats::JOBS_STREAM)
+        .await
+        .unwrap();
+    let mut workers: consumer::PullConsumer = stream
+        .get_consumer(kiln_queue::nats::WORKERS_CONSUMER)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + within;
+    loop {
+        let messages = stream.info().await.unwrap().state.messages;
+        let info = workers.info().await.unwrap();
+        if messages == 0 && info.num_pending == 0 && info.num_ack_pending == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "KILN_JOBS not drained after {within:?}: {messages} messages, {} pending, {} ack-pending",
+            info.num_pending,
+            info.num_ack_pending
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Sends SIGTERM to the worker and waits (at most `within`) for it to exit.
+async fn sigterm(w: &mut TestWorker, within: Duration) -> std::process::ExitStatus {
+    let pid = w.child.id().to_string();
+    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(sent.success(), "kill -TERM {pid}");
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = w.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "worker {pid} still running {within:?} after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Every event of `job_id` kept in `KILN_EVENTS`, oldest first.
+async fn job_events(queue: &Queue, job_id: &str) -> Vec<Event> {
+    let stream = queue
+        .js
+        .get_stream(kiln_queue::nats::EVENTS_STREAM)
+        .await
+        .unwrap();
+    let mut reader: consumer::PullConsumer = stream
+        .create_consumer(consumer::pull::Config {
+            filter_subject: kiln_queue::nats::events_subject(job_id),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ack_policy: consumer::AckPolicy::None,
+            inactive_threshold: Duration::from_secs(30),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let pending = reader.info().await.unwrap().num_pending as usize;
+    let mut events = Vec::new();
+    if pending > 0 {
+        let mut messages = reader
+            .fetch()
+            .max_messages(pending)
+            .expires(Duration::from_secs(10))
+            .messages()
+            .await
+            .unwrap();
+        while let Some(message) = messages.next().await {
+            events.push(serde_json::from_slice(&message.unwrap().payload).unwrap());
+        }
+    }
+    assert_eq!(events.len(), pending, "events of {job_id} read back");
+    events
+}
+
+/// The final (not retryable) `failed` events of `job_id` in `KILN_EVENTS`: asserts there is
+/// exactly one and returns its reason.
+async fn the_one_final_failure(queue: &Queue, job_id: &str) -> String {
+    let events = job_events(queue, job_id).await;
+    let finals: Vec<&str> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::Failed {
+                reason,
+                retryable: false,
+            } => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        finals.len(),
+        1,
+        "job {job_id}: {} final failed events in KILN_EVENTS, want exactly 1: {finals:?}",
+        finals.len()
+    );
+    finals[0].to_owned()
+}
+
+/// Every event on `kiln.events.>` from the moment it starts, collected in the background.
+struct EventLog(Arc<Mutex<Vec<Event>>>);
+
+impl EventLog {
+    async fn start(queue: &Queue) -> EventLog {
+        let mut sub = queue.client.subscribe("kiln.events.>").await.unwrap();
+        queue.client.flush().await.unwrap();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
+        tokio::spawn(async move {
+            while let Some(message) = sub.next().await {
+                if let Ok(event) = serde_json::from_slice::<Event>(&message.payload) {
+                    sink.lock().unwrap().push(event);
+                }
+            }
+        });
+        EventLog(log)
+    }
+
+    /// Waits (at most `within`) until `found` answers something about the events so far.
+    async fn wait_for<T>(
+        &self,
+        what: &str,
+        within: Duration,
+        found: impl Fn(&[Event]) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(answer) = found(&self.0.lock().unwrap()) {
+                return answer;
+            }
+            assert!(Instant::now() < deadline, "no {what} within {within:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// The jobs `worker` is building according to `events`: each job with its delivery count,
+/// taken by `worker` (a `building` event) and not finished since (no `revision` or `failed`
+/// event after it).
+fn in_hand(events: &[Event], worker: &str) -> BTreeMap<String, u64> {
+    let mut held = BTreeMap::new();
+    for e in events {
+        match &e.kind {
+            EventKind::Building { worker: w, attempt } if w == worker => {
+                held.insert(e.job_id.clone(), *attempt);
+            }
+            EventKind::Revision { .. } | EventKind::Failed { .. } => {
+                held.remove(&e.job_id);
+            }
+            _ => {}
+        }
+    }
+    held
 }
 
 #[test]
@@ -244,7 +495,7 @@ fn bad_jobs_fail_fast_with_a_reason_and_good_jobs_complete() {
     let nats = TestNats::start();
     let reg = TestRegistry::start();
     let base = push_host_base(&reg.addr, &npm, &[]);
-    let _w = worker(&nats, &reg, &base, &tmp.path().join("w"), &npm, &[]);
+    let mut w = worker(&nats, &reg, &base, &tmp.path().join("w"), &npm, &[]);
     let rt = tokio_rt();
     rt.block_on(async {
         let queue = Queue::connect(&nats.url).await.unwrap();
@@ -306,7 +557,6 @@ fn bad_jobs_fail_fast_with_a_reason_and_good_jobs_complete() {
         let mut good = None;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
         while failed.len() < expected.len() || good.is_none() {
-            use futures_util::StreamExt;
             let msg = tokio::time::timeout_at(deadline, events.next())
                 .await
                 .expect("events in time")
@@ -331,12 +581,21 @@ fn bad_jobs_fail_fast_with_a_reason_and_good_jobs_complete() {
         }
         assert_eq!(good.unwrap().name, "good-00001");
         // Terminated jobs left the work queue.
-        let mut jobs = queue.js.get_stream("KILN_JOBS").await.unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while jobs.info().await.unwrap().state.messages != 0 {
-            assert!(Instant::now() < deadline, "jobs left in KILN_JOBS");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        wait_drained(&queue, Duration::from_secs(10)).await;
+        // Once the worker has stopped, each bad job has exactly one final `failed` event in
+        // KILN_EVENTS, and the good one none.
+        let status = sigterm(&mut w, Duration::from_secs(30)).await;
+        assert!(status.success(), "worker exit after SIGTERM: {status}");
+        for job in failed.keys() {
+            the_one_final_failure(&queue, job).await;
         }
+        let good_events = job_events(&queue, "good-1").await;
+        assert!(
+            !good_events
+                .iter()
+                .any(|e| matches!(e.kind, EventKind::Failed { .. })),
+            "{good_events:?}"
+        );
     });
 }
 
@@ -347,7 +606,7 @@ fn two_workers_fifty_jobs_ten_apps_exactly_one_revision_each() {
     let nats = TestNats::start();
     let reg = TestRegistry::start();
     let base = push_host_base(&reg.addr, &npm, &[]);
-    let _w1 = worker(
+    let w1 = worker(
         &nats,
         &reg,
         &base,
@@ -355,7 +614,7 @@ fn two_workers_fifty_jobs_ten_apps_exactly_one_revision_each() {
         &npm,
         &["--jobs", "3"],
     );
-    let _w2 = worker(
+    let w2 = worker(
         &nats,
         &reg,
         &base,
@@ -367,11 +626,15 @@ fn two_workers_fifty_jobs_ten_apps_exactly_one_revision_each() {
     rt.block_on(async {
         let queue = Queue::connect(&nats.url).await.unwrap();
         let jobs = submit_variants(&queue, tmp.path(), "app", 50, 10).await;
-        let done = wait_for_revisions(&queue, &jobs, Duration::from_secs(240)).await;
-        assert_exactly_one_each(&queue, &done).await;
+        let timeout = Duration::from_secs(240);
+        assert_exactly_once(&queue, &jobs, vec![w1, w2], timeout).await;
     });
 }
 
+/// SIGKILL of a worker 5 times while 24 jobs drain, each kill landing while that worker is
+/// building a job (it published `building` for the job and nothing has ended the job since);
+/// every kill must have interrupted a job in hand (the job is delivered again), and every job,
+/// interrupted ones included, ends with exactly one revision.
 #[test]
 fn killed_workers_lose_no_job_and_double_none() {
     let tmp = tempfile::tempdir().unwrap();
@@ -380,30 +643,62 @@ fn killed_workers_lose_no_job_and_double_none() {
     let reg = TestRegistry::start();
     let base = push_host_base(&reg.addr, &npm, &[]);
     let w1_cache = tmp.path().join("w1");
-    let mut w1 = worker(&nats, &reg, &base, &w1_cache, &npm, &["--jobs", "2"]);
-    let _w2 = worker(
-        &nats,
-        &reg,
-        &base,
-        &tmp.path().join("w2"),
-        &npm,
-        &["--jobs", "2"],
-    );
+    let name = |round: usize| format!("killed-w1-{round}");
+    let start_w1 = |round: usize| {
+        let args = ["--jobs", "2", "--name", &name(round)];
+        worker(&nats, &reg, &base, &w1_cache, &npm, &args)
+    };
+    // The other worker takes one job at a time, so the queue outlasts the five kills.
+    let w2_args = ["--jobs", "1", "--name", "killed-w2"];
+    let w2 = worker(&nats, &reg, &base, &tmp.path().join("w2"), &npm, &w2_args);
     let rt = tokio_rt();
     rt.block_on(async {
         let queue = Queue::connect(&nats.url).await.unwrap();
+        let log = EventLog::start(&queue).await;
+        let mut w1 = start_w1(0);
         let jobs = submit_variants(&queue, tmp.path(), "kill", 24, 4).await;
-        // kill -9 one worker again and again while the queue drains, restarting it each time.
+        // kill -9 the worker as soon as it has a job in hand, again and again while the queue
+        // drains, restarting it each time.
+        let mut kills: Vec<BTreeMap<String, u64>> = Vec::new();
         for round in 0..5 {
-            tokio::time::sleep(Duration::from_millis(150 + 100 * round)).await;
+            let held = log
+                .wait_for(
+                    &format!("job in hand of {}", name(round)),
+                    Duration::from_secs(60),
+                    |events| Some(in_hand(events, &name(round))).filter(|h| !h.is_empty()),
+                )
+                .await;
             let _ = w1.child.kill();
             let _ = w1.child.wait();
-            w1 = worker(&nats, &reg, &base, &w1_cache, &npm, &["--jobs", "2"]);
+            eprintln!("killed {} building {held:?}", name(round));
+            kills.push(held);
+            w1 = start_w1(round + 1);
         }
-        let done = wait_for_revisions(&queue, &jobs, Duration::from_secs(240)).await;
-        assert_exactly_one_each(&queue, &done).await;
+        let timeout = Duration::from_secs(240);
+        let done = assert_exactly_once(&queue, &jobs, vec![w1, w2], timeout).await;
+        // A kill interrupted a job when the job was delivered again after it.
+        let mut interrupted = 0;
+        for (round, held) in kills.iter().enumerate() {
+            let mut again = Vec::new();
+            for (job, attempt) in held {
+                let redelivered = job_events(&queue, job).await.iter().any(
+                    |e| matches!(e.kind, EventKind::Building { attempt: a, .. } if a > *attempt),
+                );
+                if redelivered {
+                    again.push(job.clone());
+                    assert!(done.contains_key(job), "{job} has no revision");
+                }
+            }
+            eprintln!("kill {round}: {held:?} in hand, delivered again: {again:?}");
+            if !again.is_empty() {
+                interrupted += 1;
+            }
+        }
+        assert_eq!(
+            interrupted, 5,
+            "kills that interrupted a job in hand (delivered again afterwards): {kills:?}"
+        );
     });
-    drop(w1);
 }
 
 /// An attempt that died between claiming its job and recording the revision leaves a fresh
@@ -505,8 +800,8 @@ fn queue_drains_across_nats_and_registry_restarts_and_sigterm_stops_a_worker() {
     let mut nats = TestNats::start();
     let mut reg = TestRegistry::start();
     let base = push_host_base(&reg.addr, &npm, &[]);
-    let mut w1 = worker(&nats, &reg, &base, &tmp.path().join("w1"), &npm, &[]);
-    let _w2 = worker(&nats, &reg, &base, &tmp.path().join("w2"), &npm, &[]);
+    let w1 = worker(&nats, &reg, &base, &tmp.path().join("w1"), &npm, &[]);
+    let w2 = worker(&nats, &reg, &base, &tmp.path().join("w2"), &npm, &[]);
     let rt = tokio_rt();
     // The registry is down while the jobs arrive: every push fails and is retried.
     reg.down();
@@ -536,30 +831,130 @@ fn queue_drains_across_nats_and_registry_restarts_and_sigterm_stops_a_worker() {
     nats.up();
     std::thread::sleep(Duration::from_millis(300));
     reg.up();
+    // Once drained, SIGTERM stops both (idle) workers: each exits 0.
     rt.block_on(async {
         let queue = Queue::connect(&nats.url).await.unwrap();
-        let done = wait_for_revisions(&queue, &jobs, Duration::from_secs(240)).await;
-        assert_exactly_one_each(&queue, &done).await;
+        let timeout = Duration::from_secs(240);
+        assert_exactly_once(&queue, &jobs, vec![w1, w2], timeout).await;
     });
+}
 
-    // SIGTERM: the worker stops taking jobs and exits cleanly.
-    let pid = w1.child.id().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = w1.child.try_wait().unwrap() {
-            assert!(status.success(), "worker exit after SIGTERM: {status}");
-            break;
+/// SIGTERM while a worker is in the middle of two builds (every chunk to the registry delayed,
+/// so each takes seconds): it starts no new job, finishes both jobs in hand and records their
+/// revisions itself (no other worker runs and nothing is redelivered), then exits 0. The job
+/// it left queued is built later by another worker, exactly once.
+#[test]
+fn sigterm_during_builds_finishes_the_jobs_in_hand_and_takes_no_new_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let nats = TestNats::start();
+    let reg = TestRegistry::start();
+    let proxy = Proxy::start(&reg.addr);
+    let base = push_host_base(&proxy.addr, &npm, &[]);
+    let start = |name: &str, cache: &str| {
+        let args = ["--ack-wait-secs", "3", "--grace-secs", "120"];
+        let args = [&args[..], &["--jobs", "2", "--name", name]].concat();
+        let cache = tmp.path().join(cache);
+        start_worker(
+            &nats.url,
+            &proxy.addr,
+            &base,
+            &cache,
+            &npm,
+            &args,
+            Stdio::null(),
+        )
+    };
+    let mut w = start("term-w1", "w1");
+    let rt = tokio_rt();
+    rt.block_on(async {
+        let queue = Queue::connect(&nats.url).await.unwrap();
+        let log = EventLog::start(&queue).await;
+        let scratch = tmp.path().join("submit");
+        // A first job fills the worker's cache with the base.
+        let submit_one = async |i: usize| {
+            let id = format!("term-{i}");
+            let dir = faas_variant(tmp.path(), &id, "hello", "greeting", &id);
+            submit(&queue, &submission(dir, "term", &id), &scratch)
+                .await
+                .unwrap();
+            ("term".to_owned(), id)
+        };
+        let mut jobs = vec![submit_one(0).await];
+        wait_for_revisions(&queue, &jobs, Duration::from_secs(120)).await;
+        // Then every chunk to and from the registry waits: a build takes seconds.
+        proxy.set_delay(Duration::from_millis(200));
+        for i in 1..=3 {
+            jobs.push(submit_one(i).await);
         }
-        assert!(Instant::now() < deadline, "worker ignored SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+        let held = log
+            .wait_for(
+                "two jobs in hand of term-w1",
+                Duration::from_secs(60),
+                |events| Some(in_hand(events, "term-w1")).filter(|h| h.len() == 2),
+            )
+            .await;
+        let status = sigterm(&mut w, Duration::from_secs(120)).await;
+        assert!(status.success(), "worker exit after SIGTERM: {status}");
+        // Checked before any other worker runs: whatever is recorded, this worker recorded.
+        for job in held.keys() {
+            let r = kiln_queue::revisions::by_job(&queue, "term", job, true)
+                .await
+                .unwrap();
+            assert!(
+                r.is_some(),
+                "{job} was in hand at SIGTERM but has no revision when the worker exited"
+            );
+        }
+        let mut stream = queue
+            .js
+            .get_stream(kiln_queue::nats::JOBS_STREAM)
+            .await
+            .unwrap();
+        let mut consumer: consumer::PullConsumer = stream
+            .get_consumer(kiln_queue::nats::WORKERS_CONSUMER)
+            .await
+            .unwrap();
+        let info = consumer.info().await.unwrap().clone();
+        let queued = stream.info().await.unwrap().state.messages;
+        assert_eq!(
+            (
+                queued,
+                info.num_pending,
+                info.num_ack_pending,
+                info.num_redelivered
+            ),
+            (1, 1, 0, 0),
+            "after SIGTERM: (messages in KILN_JOBS, pending, ack-pending, redelivered)"
+        );
+        let ids: Vec<String> = jobs.iter().map(|(_, id)| id.clone()).collect();
+        for job in &ids[1..] {
+            let events = job_events(&queue, job).await;
+            let building: Vec<_> = events
+                .iter()
+                .filter_map(|e| match &e.kind {
+                    EventKind::Building { worker, attempt } => Some((worker.as_str(), *attempt)),
+                    _ => None,
+                })
+                .collect();
+            let revisions = events
+                .iter()
+                .filter(|e| matches!(e.kind, EventKind::Revision { .. }))
+                .count();
+            if held.contains_key(job) {
+                assert_eq!(building, [("term-w1", 1)], "{job}: deliveries");
+                assert_eq!(revisions, 1, "{job}: revision events");
+            } else {
+                assert_eq!(building, [], "{job} was started after SIGTERM");
+            }
+        }
+        // Another worker takes the job left queued.
+        proxy.set_delay(Duration::ZERO);
+        let w2 = start("term-w2", "w2");
+        let timeout = Duration::from_secs(120);
+        let done = assert_exactly_once(&queue, &jobs, vec![w2], timeout).await;
+        assert_eq!(done.len(), 4);
+    });
 }
 
 #[test]
@@ -569,10 +964,9 @@ fn a_job_failing_transiently_on_every_delivery_gives_up_and_leaves_the_queue() {
     let nats = TestNats::start();
     let reg = TestRegistry::start();
     let base = push_host_base(&reg.addr, &npm, &[]);
-    let _w = worker(&nats, &reg, &base, &tmp.path().join("w"), &npm, &[]);
+    let mut w = worker(&nats, &reg, &base, &tmp.path().join("w"), &npm, &[]);
     let rt = tokio_rt();
     rt.block_on(async {
-        use futures_util::StreamExt;
         let queue = Queue::connect(&nats.url).await.unwrap();
         let mut events = queue.client.subscribe("kiln.events.doomed").await.unwrap();
         // Its base is on a registry nobody listens on: a transient fault, every time.
@@ -609,7 +1003,43 @@ fn a_job_failing_transiently_on_every_delivery_gives_up_and_leaves_the_queue() {
             0,
             "the job stayed queued"
         );
+        // With the queue and the advisories drained and the worker stopped: one final
+        // `failed` event in KILN_EVENTS, after the four retryable ones.
+        wait_drained(&queue, Duration::from_secs(10)).await;
+        wait_no_advisories(&queue, Duration::from_secs(20)).await;
+        let status = sigterm(&mut w, Duration::from_secs(30)).await;
+        assert!(status.success(), "worker exit after SIGTERM: {status}");
+        let reason = the_one_final_failure(&queue, "doomed").await;
+        assert_eq!(reason, last);
+        let kept = job_events(&queue, "doomed").await;
+        let retried = kept
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e.kind,
+                    EventKind::Failed {
+                        retryable: true,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(retried, 4, "retryable failed events in KILN_EVENTS");
     });
+}
+
+/// Waits until `KILN_ADVISORIES` holds no advisory.
+async fn wait_no_advisories(queue: &Queue, within: Duration) {
+    let mut advisories = queue
+        .js
+        .get_stream(kiln_queue::nats::ADVISORIES_STREAM)
+        .await
+        .unwrap();
+    let deadline = Instant::now() + within;
+    while advisories.info().await.unwrap().state.messages != 0 {
+        assert!(Instant::now() < deadline, "an advisory stayed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// A job whose worker dies on every delivery (here: killed as soon as it starts building)
@@ -675,7 +1105,7 @@ fn a_job_that_kills_its_worker_on_every_delivery_is_given_up_and_removed() {
         // The next worker's fetch makes the server give the job up (pull consumers redeliver
         // on a pull); its advisory is kept in KILN_ADVISORIES for whichever worker takes it.
         let mut advisories = queue.js.get_stream("KILN_ADVISORIES").await.unwrap();
-        let _w = start();
+        let mut w = start();
         let reason = loop {
             match next_event(&mut events).await.kind {
                 kiln_queue::EventKind::Failed {
@@ -702,12 +1132,23 @@ fn a_job_that_kills_its_worker_on_every_delivery_is_given_up_and_removed() {
         let revision =
             submit_and_wait(&queue, dir, "after", "after-1", &tmp.path().join("submit")).await;
         assert_eq!(revision.name, "after-00001");
+        // Once the dust settles (queue and advisories drained, the worker stopped), the
+        // poison job has exactly one final `failed` event in KILN_EVENTS and no revision.
+        wait_drained(&queue, Duration::from_secs(10)).await;
+        wait_no_advisories(&queue, Duration::from_secs(10)).await;
+        let status = sigterm(&mut w, Duration::from_secs(30)).await;
+        assert!(status.success(), "worker exit after SIGTERM: {status}");
+        let reason = the_one_final_failure(&queue, "poison").await;
+        assert!(reason.contains("gave up after 5 deliveries"), "{reason}");
+        let poison = kiln_queue::revisions::by_job(&queue, "poison", "poison", true)
+            .await
+            .unwrap();
+        assert!(poison.is_none(), "{poison:?}");
     });
 }
 
 /// The next event on `events` (waiting at most a minute).
 async fn next_event(events: &mut async_nats::Subscriber) -> kiln_queue::Event {
-    use futures_util::StreamExt;
     let next = tokio::time::timeout(Duration::from_secs(60), events.next());
     let msg = next.await.expect("an event in time").unwrap();
     serde_json::from_slice(&msg.payload).unwrap()
