@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Fuzzes kiln's untrusted-input parsers with cargo fuzz (libFuzzer) for SECONDS each and prints a
 # table: target, seconds run, executions (libFuzzer's stat::number_of_executed_units), exec/s,
-# corpus size, crashes. Not part of CI. Exits 1 when a run found a crash.
+# corpus size, crashes. Not part of CI (CI only runs every target over its seeds, uninstrumented:
+# `cargo test -p kiln-fuzz`). Exits 1 when a run found a crash. The fuzz crate is a workspace
+# member, so the instrumented binaries are in target/x86_64-unknown-linux-gnu/release/.
 #
 # Usage: bench/fuzz.sh [SECONDS] [TARGET...]    (default: 30 s, all targets)
 #
