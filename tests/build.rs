@@ -83,58 +83,161 @@ fn vendored_node_modules_and_plain_app_run() {
     }
 }
 
+/// A build of `dir` into `layout` with `cache`, which must not exist yet: every layer,
+/// the host base included, is made for this build and none comes from an earlier run.
+/// Returns the image digest and kiln's progress (stderr).
+fn fresh_build(dir: &Path, layout: &Path, cache: &Path, npm: &Path) -> (String, String) {
+    assert!(!cache.exists(), "{} is not a fresh cache", cache.display());
+    let out = kiln_cmd(cache, npm)
+        .args(["build", dir.to_str().unwrap(), "--layout"])
+        .arg(layout)
+        .args(["--tag", "x"])
+        .output()
+        .unwrap();
+    let progress = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "kiln build failed: {progress}");
+    // Nothing was served from a cache: the base and every layer were made by this build.
+    assert!(
+        !progress.contains("(cached)") && !progress.contains("cache hit"),
+        "a fresh cache had a hit:\n{progress}"
+    );
+    assert!(progress.contains("(built)"), "base not built:\n{progress}");
+    let digest = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(digest.starts_with("sha256:"), "stdout {digest:?}");
+    validate_layout(&BlobStore::open(layout).unwrap()).expect("image validates");
+    (digest, progress)
+}
+
+/// Gives every file and directory under `dir` (and `dir`) its own mtime, none of them the
+/// checkout's: a different day per path, in 2001.
+fn scramble_mtimes(dir: &Path) -> usize {
+    let mut paths = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < paths.len() {
+        if paths[i].is_dir() && !paths[i].is_symlink() {
+            let mut entries: Vec<_> = std::fs::read_dir(&paths[i])
+                .unwrap()
+                .map(|e| e.unwrap().path())
+                .collect();
+            entries.sort();
+            paths.extend(entries);
+        }
+        i += 1;
+    }
+    // Deepest first, so setting a file's mtime does not disturb its directory's afterwards.
+    for (n, path) in paths.iter().enumerate().rev() {
+        let date = format!("2001-01-01 +{} days", n % 360);
+        let ok = Command::new("touch")
+            .args(["-h", "-d", &date])
+            .arg(path)
+            .status()
+            .unwrap();
+        assert!(ok.success(), "touch {}", path.display());
+    }
+    paths.len()
+}
+
+fn mtime(path: &Path) -> std::time::SystemTime {
+    std::fs::symlink_metadata(path).unwrap().modified().unwrap()
+}
+
 #[test]
 fn same_source_elsewhere_with_other_mtimes_gives_same_digest() {
     let tmp = tempfile::tempdir().unwrap();
     let npm = npm_cache(tmp.path());
-    let first = build(
-        &root().join("fixtures/faas-deps"),
+    let src = root().join("fixtures/faas-deps");
+    let (first, progress) = fresh_build(
+        &src,
         &tmp.path().join("a"),
-        "x",
+        &tmp.path().join("cache-a"),
         &npm,
     );
-    let copy = tmp.path().join("elsewhere/faas-deps");
+    for kind in ["runtime layer:", "deps layer:", "app layer:"] {
+        assert!(progress.contains(kind), "no {kind}\n{progress}");
+    }
+
+    // Elsewhere, deeper, every path with another mtime; built with a cache of its own.
+    let copy = tmp.path().join("elsewhere/deeper/faas-deps");
     std::fs::create_dir_all(copy.parent().unwrap()).unwrap();
     assert!(
         Command::new("cp")
             .arg("-r")
-            .arg(root().join("fixtures/faas-deps"))
+            .arg(&src)
             .arg(&copy)
             .status()
             .unwrap()
             .success()
     );
-    assert!(
-        Command::new("touch")
-            .args(["-d", "2001-02-03"])
-            .arg(copy.join("functions/duration.js"))
-            .status()
-            .unwrap()
-            .success()
+    let touched = scramble_mtimes(&copy);
+    assert!(touched >= 5, "only {touched} paths in the copy");
+    for rel in ["", "functions", "functions/duration.js", "package.json"] {
+        assert_ne!(
+            mtime(&copy.join(rel)),
+            mtime(&src.join(rel)),
+            "{rel:?} kept its mtime"
+        );
+    }
+    assert_ne!(
+        mtime(&copy.join("functions")),
+        mtime(&copy.join("functions/duration.js"))
     );
-    let second = build(&copy, &tmp.path().join("b"), "x", &npm);
+    let (second, _) = fresh_build(
+        &copy,
+        &tmp.path().join("b"),
+        &tmp.path().join("cache-b"),
+        &npm,
+    );
     assert_eq!(first, second);
+}
+
+/// `tests/golden-digests.txt` as a map: `name digest` per line, `#` comments and blank lines
+/// skipped; a malformed or repeated line fails.
+fn golden_digests() -> std::collections::BTreeMap<String, String> {
+    let text = std::fs::read_to_string(root().join("tests/golden-digests.txt")).unwrap();
+    let mut golden = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (name, digest) = line
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("golden-digests.txt: malformed line {line:?}"));
+        assert!(
+            golden.insert(name.to_owned(), digest.to_owned()).is_none(),
+            "golden-digests.txt: {name} twice"
+        );
+    }
+    golden
 }
 
 #[test]
 fn runtime_layers_match_golden_digests() {
     // A change here means every app's runtime layer changed: bump it on purpose only.
+    // Built from an empty cache, so a change in tar or gzip output cannot hide behind a
+    // cached layer keyed by content alone.
     let tmp = tempfile::tempdir().unwrap();
     let npm = npm_cache(tmp.path());
     let layout = tmp.path().join("out");
-    build(&root().join("fixtures/faas-hello"), &layout, "dev", &npm);
+    fresh_build(
+        &root().join("fixtures/faas-hello"),
+        &layout,
+        &tmp.path().join("cache"),
+        &npm,
+    );
     let images = validate_layout(&BlobStore::open(&layout).unwrap()).unwrap();
     let layers = &images[0].manifest.layers;
-    let app = &layers[layers.len() - 1].digest;
-    let runtime = &layers[layers.len() - 2].digest;
-    let golden = std::fs::read_to_string(root().join("tests/golden-digests.txt")).unwrap();
-    assert!(
-        golden.contains(&format!("faas-runtime {runtime}")),
-        "faas runtime layer is now {runtime}"
-    );
-    assert!(
-        golden.contains(&format!("faas-hello-app {app}")),
-        "faas-hello app layer is now {app}"
+    let built: std::collections::BTreeMap<String, String> = [
+        ("faas-hello-app", &layers[layers.len() - 1].digest),
+        ("faas-runtime", &layers[layers.len() - 2].digest),
+    ]
+    .into_iter()
+    .map(|(name, digest)| (name.to_owned(), digest.to_string()))
+    .collect();
+    assert_eq!(
+        golden_digests(),
+        built,
+        "tests/golden-digests.txt (left) and the layers built now (right) differ"
     );
 }
 
@@ -274,19 +377,19 @@ fn npm_token_and_source_npmrc_never_reach_a_layer() {
         let mut tar = Vec::new();
         let file = std::fs::File::open(store.blob_path(&layer.digest)).unwrap();
         std::io::Read::read_to_end(&mut flate2::read::MultiGzDecoder::new(file), &mut tar).unwrap();
-        let text = String::from_utf8_lossy(&tar);
         assert!(
-            !text.contains("tok-3f9a-secret") && !text.contains("registry.invalid"),
-            "secret in layer {}",
+            !String::from_utf8_lossy(&tar).contains("registry.invalid"),
+            "the source .npmrc is in layer {}",
             layer.digest
         );
     }
-    let keys = Command::new("grep")
-        .args(["-r", "tok-3f9a-secret"])
-        .arg(&cache)
-        .output()
-        .unwrap();
-    assert!(keys.stdout.is_empty(), "token in the cache");
+    // The token in any encoding: not in kiln's output, the image (every blob, inflated too)
+    // or the cache (blobs, key files, npm's scratch directories).
+    common::secrets::assert_absent(
+        "tok-3f9a-secret",
+        &[("stdout", &out.stdout), ("stderr", &out.stderr)],
+        &[&layout, &cache],
+    );
 }
 
 #[test]

@@ -94,6 +94,28 @@ impl TestRegistry {
             .count()
     }
 
+    /// The digests of the blob uploads `log` shows completed (a `PUT …/blobs/uploads/…` with
+    /// `digest=` answered 201), one entry per upload, in log order.
+    pub fn uploaded_digests(log: &str) -> Vec<String> {
+        log.lines()
+            .filter_map(|line| {
+                let mut quoted = line.split('"');
+                let request = quoted.nth(1)?.strip_prefix("PUT ")?;
+                let status = quoted.next()?.split_whitespace().next()?;
+                let path = request.split(' ').next()?;
+                if status != "201" || !path.contains("/blobs/uploads/") {
+                    return None;
+                }
+                let query = path.split_once('?')?.1;
+                let digest = query
+                    .split('&')
+                    .find_map(|kv| kv.strip_prefix("digest="))
+                    .unwrap_or_else(|| panic!("blob upload without a digest: {line}"));
+                Some(digest.replace("%3A", ":").replace("%3a", ":"))
+            })
+            .collect()
+    }
+
     /// Stops the registry (storage stays).
     pub fn down(&mut self) {
         if let Some(mut child) = self.child.take() {
