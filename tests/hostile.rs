@@ -173,7 +173,9 @@ fn escaped_name(name: &str) -> bool {
     name.starts_with("escape-") || name.starts_with("kiln-hostile")
 }
 
-/// Every path below `dir` (recursively, symlinks not followed) with an escaped name.
+/// Every path below `dir` (recursively, symlinks not followed) with an escaped name. The
+/// scratch directories themselves (`<cache>/jobs/<tmp>/x`, where a job's source is extracted)
+/// are not searched: what is written inside them has not escaped.
 fn find_escaped(dir: &Path, found: &mut Vec<PathBuf>) {
     let Ok(listing) = fs::read_dir(dir) else {
         return;
@@ -183,10 +185,20 @@ fn find_escaped(dir: &Path, found: &mut Vec<PathBuf>) {
         if escaped_name(&entry.file_name().to_string_lossy()) {
             found.push(path.clone());
         }
-        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) && !is_scratch(&path) {
             find_escaped(&path, found);
         }
     }
+}
+
+/// `<…>/jobs/<tmp>/x`: a job's scratch directory.
+fn is_scratch(path: &Path) -> bool {
+    path.file_name().is_some_and(|n| n == "x")
+        && path
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::file_name)
+            .is_some_and(|n| n == "jobs")
 }
 
 /// Escaped names directly in `dir`.
@@ -201,23 +213,102 @@ fn escaped_in(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Nothing the cases aim at exists: not the fixed targets, no escaped name anywhere in the
-/// test's temporary directory (the worker's cache and its scratch root included), nor at the
-/// top of `/`, `/tmp`, `/etc` or the worker's working directory.
-fn assert_nothing_escaped(tmp: &Path, when: &str) {
+/// What the cases aim at that exists: the fixed targets, any escaped name in `trees`
+/// (recursively, scratch directories excepted), or at the top of `/`, `/tmp`, `/etc` or the
+/// worker's working directory.
+fn escaped(trees: &[&Path]) -> Vec<PathBuf> {
     let mut found: Vec<PathBuf> = TARGETS
         .iter()
         .map(PathBuf::from)
         .filter(|p| p.symlink_metadata().is_ok())
         .collect();
-    find_escaped(tmp, &mut found);
+    for tree in trees {
+        find_escaped(tree, &mut found);
+    }
     for dir in ["/", "/tmp", "/etc"] {
         found.extend(escaped_in(Path::new(dir)));
     }
     found.extend(escaped_in(&root()));
     found.sort();
     found.dedup();
+    found
+}
+
+/// Nothing the cases aim at exists: see [`escaped`], with the whole temporary directory of the
+/// test (the worker's cache and its scratch root included).
+fn assert_nothing_escaped(tmp: &Path, when: &str) {
+    let found = escaped(&[tmp]);
     assert!(found.is_empty(), "{when}: found {found:?}");
+}
+
+/// Looks for escaped files over and over while the jobs run, until stopped: the scratch root
+/// (where an escape from a job's scratch directory lands, and which the worker deletes once
+/// the job is over, so only a look during the job can see it) and the fixed targets on every
+/// round, the whole temporary directory every tenth.
+struct Watch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, Vec<(Duration, PathBuf)>)>,
+}
+
+impl Watch {
+    fn start(tmp: &Path, scratch_root: &Path) -> Watch {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tmp, scratch_root) = (tmp.to_owned(), scratch_root.to_owned());
+        let stopped = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let mut rounds = 0u64;
+            let mut seen = Vec::new();
+            while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+                let tree: &Path = if rounds.is_multiple_of(10) {
+                    &tmp
+                } else {
+                    &scratch_root
+                };
+                for path in escaped(&[tree]) {
+                    if !seen.iter().any(|(_, p)| *p == path) {
+                        seen.push((started.elapsed(), path));
+                    }
+                }
+                rounds += 1;
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (rounds, seen)
+        });
+        Watch { stop, thread }
+    }
+
+    /// Stops watching; asserts that nothing was seen at any point.
+    fn finish(self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let (rounds, seen) = self.thread.join().expect("the watch thread panicked");
+        eprintln!("watched for escapes during the jobs: {rounds} rounds");
+        assert!(rounds >= 10, "only {rounds} rounds of watching");
+        assert!(
+            seen.is_empty(),
+            "during the jobs: found (time, path) {seen:?}"
+        );
+    }
+}
+
+/// The `cases in the corpus` row of RELIABILITY.md, `N (kind, kind ×k, …)`: N, and the sum
+/// of its breakdown (a kind counts 1, `kind ×k` counts k).
+fn documented_breakdown() -> (usize, usize) {
+    let doc = fs::read_to_string(root().join("RELIABILITY.md")).unwrap();
+    let row = doc
+        .lines()
+        .find_map(|l| l.strip_prefix("| cases in the corpus | "))
+        .expect("RELIABILITY.md has a `cases in the corpus` row");
+    let (total, rest) = row.split_once(" (").expect("`N (breakdown)`");
+    let breakdown = rest.split_once(") |").expect("`(breakdown) |`").0;
+    let sum: usize = breakdown
+        .split(", ")
+        .map(|kind| match kind.rsplit_once(" ×") {
+            Some((_, k)) => k.parse::<usize>().expect("`kind ×k`"),
+            None => 1,
+        })
+        .sum();
+    (total.parse().expect("a count of cases"), sum)
 }
 
 /// The entries left in the worker's scratch root.
@@ -287,6 +378,18 @@ fn worker_refuses_every_hostile_tarball_and_then_builds_a_good_job() {
         .collect();
     let expected: BTreeSet<String> = cases.iter().map(|c| c.file.to_owned()).collect();
     assert_eq!(on_disk, expected, "fixtures/hostile and the test disagree");
+    assert_eq!(
+        cases.len(),
+        on_disk.len(),
+        "a file has two cases in cases()"
+    );
+    // What RELIABILITY.md says of the corpus adds up to it.
+    let (documented, breakdown) = documented_breakdown();
+    assert_eq!(
+        (documented, breakdown),
+        (on_disk.len(), on_disk.len()),
+        "RELIABILITY.md: cases in the corpus, and the sum of its breakdown"
+    );
     let readme = fs::read_to_string(dir.join("README.md")).unwrap();
     for c in &cases {
         assert!(
@@ -297,6 +400,8 @@ fn worker_refuses_every_hostile_tarball_and_then_builds_a_good_job() {
         let size = fs::metadata(dir.join(c.file)).unwrap().len();
         assert!(size < 1 << 20, "{} is {size} bytes", c.file);
     }
+    let rows = readme.lines().filter(|l| l.starts_with("| `")).count();
+    assert_eq!(rows, cases.len(), "rows in fixtures/hostile/README.md");
 
     let tmp = tempfile::tempdir().unwrap();
     assert_nothing_escaped(
@@ -317,6 +422,7 @@ fn worker_refuses_every_hostile_tarball_and_then_builds_a_good_job() {
         &tmp.path().join("worker.log"),
     );
 
+    let watch = Watch::start(tmp.path(), &cache.join("jobs"));
     let rt = tokio_rt();
     rt.block_on(async {
         let queue = Queue::connect(&nats.url).await.unwrap();
@@ -400,7 +506,9 @@ fn worker_refuses_every_hostile_tarball_and_then_builds_a_good_job() {
             eprintln!("  {file}: {reason}");
         }
 
-        // Nothing escaped, no scratch directory is left, the worker is still there.
+        // Nothing escaped (at any time while they ran, nor now), no scratch directory is
+        // left, the worker is still there.
+        watch.finish();
         assert_nothing_escaped(tmp.path(), "after the hostile jobs");
         let left = scratch_left(&cache);
         assert!(left.is_empty(), "scratch directories left: {left:?}");
