@@ -1,6 +1,8 @@
-//! A minimal Node base image made from the host's own `node` binary and its shared-library
-//! closure, so builds work offline. Cached in the cache layout, keyed by the binary and
-//! the dynamic linker cache.
+//! A Node base image made from the host's own `node` binary, so builds work offline: node,
+//! its shared-library closure and, on a Debian-based host, the whole C runtime (every file
+//! of the libc, libstdc++ and libgcc packages, so prebuilt glibc addons such as sharp's
+//! libvips load), time zones, CA certificates and name-service config. Cached in the cache
+//! layout, keyed by the binary, the dynamic linker cache and those packages' versions.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::MetadataExt;
@@ -41,6 +43,8 @@ pub fn host_base(store: &BlobStore, node: Option<&Path>) -> Result<(String, Desc
         .map(|m| m.mtime())
         .unwrap_or(0);
     let key = CacheKey::new("host-base")
+        .with("format", "2")
+        .with("packages", package_versions())
         .with("node", real.display().to_string())
         .with(
             "stamp",
@@ -59,6 +63,51 @@ pub fn host_base(store: &BlobStore, node: Option<&Path>) -> Result<(String, Desc
     })?;
     store.tag(&name, &desc)?;
     Ok((name, desc, false))
+}
+
+/// Debian packages whose every file goes into the base (when the host has dpkg).
+const RUNTIME_PACKAGES: [&str; 4] = ["libc6", "libstdc++6", "libgcc-s1", "tzdata"];
+
+/// `name=version` of each installed runtime package; empty without dpkg.
+fn package_versions() -> String {
+    Command::new("dpkg-query")
+        .args(["-W", "-f", "${Package}=${Version};"])
+        .args(RUNTIME_PACKAGES)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// The files and symlinks of the runtime packages (no documentation), or none without dpkg.
+fn package_files() -> Vec<PathBuf> {
+    let Ok(out) = Command::new("dpkg-query")
+        .arg("-L")
+        .args(RUNTIME_PACKAGES)
+        .output()
+    else {
+        return Vec::new();
+    };
+    let skip = [
+        "/usr/share/doc",
+        "/usr/share/lintian",
+        "/usr/share/man",
+        "/usr/share/info",
+    ];
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with('/') && !skip.iter().any(|s| l.starts_with(s)))
+        .map(PathBuf::from)
+        .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir()))
+        .collect()
+}
+
+/// Where a host path goes in the base: under `usr/`, since `/lib` and friends link there.
+fn base_path(host: &str) -> Option<String> {
+    let rel = host.strip_prefix('/')?;
+    if rel.starts_with("etc/") {
+        return Some(rel.to_owned());
+    }
+    Some(format!("usr/{}", rel.strip_prefix("usr/").unwrap_or(rel)))
 }
 
 fn which(bin: &str) -> Option<PathBuf> {
@@ -107,9 +156,25 @@ fn build(store: &BlobStore, node: &Path) -> Result<Descriptor> {
             .split_whitespace()
             .next()
             .unwrap_or("");
-        if let Some(rel) = path.strip_prefix('/') {
-            let rel = rel.strip_prefix("usr/").unwrap_or(rel);
-            add_host_file(&mut layer, Path::new(path), &format!("usr/{rel}"), true)?;
+        if let Some(dest) = base_path(path) {
+            add_host_file(&mut layer, Path::new(path), &dest, true)?;
+        }
+    }
+    // The whole C runtime and time zones, symlinks kept as they are on the host.
+    for file in package_files() {
+        let (Some(host), Ok(meta)) = (file.to_str(), std::fs::symlink_metadata(&file)) else {
+            continue;
+        };
+        let Some(dest) = base_path(host) else {
+            continue;
+        };
+        if meta.file_type().is_symlink() {
+            let target =
+                std::fs::read_link(&file).map_err(kiln_layers::Error::io("readlink", &file))?;
+            layer.add(&dest, Entry::symlink(target.to_string_lossy().into_owned()));
+        } else if meta.is_file() {
+            let executable = meta.mode() & 0o111 != 0;
+            layer.add(&dest, Entry::file(file.clone(), meta.len(), executable));
         }
     }
     let nonroot = NONROOT;
@@ -124,13 +189,17 @@ fn build(store: &BlobStore, node: &Path) -> Result<Descriptor> {
     );
     layer.add(
         "etc/nsswitch.conf",
-        Entry::bytes("passwd: files\ngroup: files\nhosts: files dns\n"),
+        Entry::bytes("passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n"),
     );
     let ca = Path::new("/etc/ssl/certs/ca-certificates.crt");
     if ca.is_file() {
         add_host_file(&mut layer, ca, "etc/ssl/certs/ca-certificates.crt", false)?;
     }
     layer.add("tmp", Entry::dir().with_mode(0o1777));
+    // Mount points a container runtime fills (os.cpus() reads /proc).
+    layer.add("proc", Entry::dir().with_mode(0o555));
+    layer.add("sys", Entry::dir().with_mode(0o555));
+    layer.add("dev", Entry::dir());
     layer.add("root", Entry::dir().with_mode(0o700));
     layer.add("home/node", Entry::dir().with_owner(nonroot, nonroot));
     let layer = layer.write_to(store)?;

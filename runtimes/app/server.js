@@ -1,13 +1,23 @@
 'use strict';
-// kiln "app" runtime: a launcher for a plain Node server app in the working
-// directory (/app in an image). It picks the app's entry file from
-// package.json and runs it in this process; the app listens on $PORT.
+// kiln "app" runtime: starts a plain Node server app in the working directory
+// (/app in an image) the way `npm start` would, without npm or a shell in the
+// image. The app listens on $PORT.
 //
-// Entry file, first match wins:
-//   1. scripts.start of the form `node <file> [args]`
-//      (with node flags, e.g. `node --enable-source-maps x.js`, it runs as a child process)
-//   2. "main" (skipped with a warning when that file does not exist)
-//   3. index.js, server.js, app.js
+// The command, first match wins:
+//   1. $KILN_START (set by kiln from --start, the project config, or the
+//      production script it chose at build time, e.g. "start:prod")
+//   2. scripts.start
+//   3. "main", then index.js, server.js, app.js (as `node FILE`)
+//
+// A command is `[VAR=value ...] PROGRAM [args]`:
+//   - `node FILE [args]` runs FILE in this process (it is PID 1);
+//   - `node --flag ... FILE` and any other program run as a child process,
+//     with node_modules/.bin first on PATH, signals (SIGTERM, SIGINT, SIGHUP)
+//     forwarded and its exit status passed on. A program from node_modules/.bin
+//     whose file is a Node script is run with this node (no /usr/bin/env needed);
+//   - shell syntax (&&, |, $VAR, ...) runs under /bin/sh when the image has one.
+// `egg-scripts start --daemon` would detach and leave the container with no
+// process: --daemon is dropped, with a warning.
 
 const fs = require('fs');
 const os = require('os');
@@ -16,6 +26,7 @@ const Module = require('module');
 const { spawn } = require('child_process');
 
 const appDir = process.cwd();
+const binDir = path.join(appDir, 'node_modules', '.bin');
 
 function fail(message) {
   process.stderr.write(`kiln: ${message}\n`);
@@ -39,24 +50,12 @@ function readPackageJson() {
 // Split a command line into words; handles simple '...' and "..." quoting.
 // Returns null when it uses shell features (&&, |, ;, $VAR, redirects...).
 function splitWords(command) {
-  if (/[;&|<>`$()]/.test(command.replace(/'[^']*'|"[^"]*"/g, ''))) return null;
+  if (/[;&|<>`$()*?]/.test(command.replace(/'[^']*'|"[^"]*"/g, ''))) return null;
   const words = [];
   const re = /'([^']*)'|"([^"]*)"|(\S+)/g;
   let m;
   while ((m = re.exec(command))) words.push(m[1] ?? m[2] ?? m[3]);
   return words;
-}
-
-// The `node ...` arguments of scripts.start, or null when it is something else.
-function startArgs(pkg) {
-  const start = pkg.scripts && pkg.scripts.start;
-  if (typeof start !== 'string') return null;
-  const words = splitWords(start.trim());
-  if (!words || words[0] !== 'node' || words.length < 2) {
-    warn(`scripts.start "${start}" is not of the form "node <file> [args]"; ignoring it`);
-    return null;
-  }
-  return words.slice(1);
 }
 
 function exists(rel) {
@@ -68,43 +67,114 @@ function exists(rel) {
   }
 }
 
-function chooseEntry(pkg) {
-  const args = startArgs(pkg);
-  if (args) return { args };
+// The command to run and where it came from.
+function chooseCommand(pkg) {
+  if (process.env.KILN_START) return { command: process.env.KILN_START, from: '$KILN_START' };
+  const start = pkg.scripts && pkg.scripts.start;
+  if (typeof start === 'string' && start.trim()) return { command: start, from: 'scripts.start' };
   if (typeof pkg.main === 'string' && pkg.main) {
-    if (exists(pkg.main)) return { args: [pkg.main] };
+    if (exists(pkg.main)) return { command: `node ${pkg.main}`, from: '"main"' };
     warn(`"main" names ${pkg.main}, which does not exist; trying the usual file names`);
   }
   for (const file of ['index.js', 'server.js', 'app.js']) {
-    if (fs.existsSync(path.join(appDir, file))) return { args: [file] };
+    if (fs.existsSync(path.join(appDir, file))) return { command: `node ${file}`, from: file };
   }
   return null;
 }
 
-// Run node with flags as a child process, passing signals and the exit code on.
-function runChild(args) {
-  const child = spawn(process.execPath, args, { stdio: 'inherit' });
-  for (const signal of ['SIGTERM', 'SIGINT']) process.on(signal, () => child.kill(signal));
-  child.on('exit', (code, signal) => process.exit(code ?? 128 + (os.constants.signals[signal] || 0)));
+// A file that starts with a `#!` line naming node.
+function isNodeScript(file) {
+  try {
+    const fd = fs.openSync(file, 'r');
+    const buf = Buffer.alloc(128);
+    const n = fs.readSync(fd, buf, 0, buf.length, 0);
+    fs.closeSync(fd);
+    const first = buf.subarray(0, n).toString('utf8').split('\n')[0];
+    return first.startsWith('#!') && /\bnode\b/.test(first);
+  } catch (err) {
+    return false;
+  }
 }
 
-const pkg = readPackageJson();
-const entry = chooseEntry(pkg);
-if (!entry) {
-  fail(`no entry point in ${appDir}: add scripts.start ("node server.js"), "main", or an index.js, server.js or app.js`);
+// The executable for a program name: node_modules/.bin, then PATH.
+function findProgram(name) {
+  if (name.includes('/')) {
+    const file = path.resolve(appDir, name);
+    return fs.existsSync(file) ? file : null;
+  }
+  for (const dir of [binDir, ...(process.env.PATH || '').split(':')]) {
+    const file = path.join(dir, name);
+    if (dir && fs.existsSync(file)) return file;
+  }
+  return null;
 }
 
-process.env.PORT = process.env.PORT || '8080';
-const [first, ...rest] = entry.args;
-
-if (first.startsWith('-')) {
-  runChild(entry.args);
-} else {
-  const file = path.resolve(appDir, first);
-  if (!exists(first)) fail(`entry file ${file} (from scripts.start) does not exist`);
-  process.stderr.write(`kiln: starting ${path.relative(appDir, file) || file}\n`);
-  // runMain makes the app the main module (require.main === module holds)
-  // and also handles ES module entry files.
-  process.argv = [process.argv[0], file, ...rest];
-  Module.runMain(file);
+// Run a child process, passing signals on and its exit status back.
+function runChild(file, args, env) {
+  const child = spawn(file, args, { stdio: 'inherit', env });
+  child.on('error', (err) => fail(`cannot start ${file}: ${err.message}`));
+  for (const signal of ['SIGTERM', 'SIGINT', 'SIGHUP']) {
+    process.on(signal, () => child.kill(signal));
+  }
+  child.on('exit', (code, signal) =>
+    process.exit(code ?? 128 + (os.constants.signals[signal] || 0)),
+  );
 }
+
+function start(chosen) {
+  const env = { ...process.env, PORT: process.env.PORT || '8080' };
+  env.PATH = [binDir, env.PATH || '/usr/local/bin:/usr/bin:/bin'].join(':');
+  let words = splitWords(chosen.command.trim());
+  if (!words) {
+    if (fs.existsSync('/bin/sh')) {
+      process.stderr.write(`kiln: starting ${chosen.from} under /bin/sh: ${chosen.command}\n`);
+      return runChild('/bin/sh', ['-c', chosen.command], env);
+    }
+    fail(
+      `${chosen.from} "${chosen.command}" uses shell syntax and this image has no /bin/sh: ` +
+        `make it "[VAR=value] program args", or set --start`,
+    );
+  }
+  while (words.length && /^[A-Za-z_][A-Za-z0-9_]*=/.test(words[0])) {
+    const [key, ...value] = words.shift().split('=');
+    env[key] = value.join('=');
+  }
+  if (!words.length) fail(`${chosen.from} "${chosen.command}" names no program`);
+  const [program, ...args] = words;
+  if (/(^|\/)egg-scripts$/.test(program) && args.includes('--daemon')) {
+    warn(`dropping --daemon from ${chosen.from}: in a container the server must stay in the foreground`);
+    args.splice(args.indexOf('--daemon'), 1);
+  }
+  process.stderr.write(`kiln: starting ${chosen.from}: ${[program, ...args].join(' ')}\n`);
+
+  if (program === 'node') {
+    const [first, ...rest] = args;
+    if (first && !first.startsWith('-')) {
+      const file = path.resolve(appDir, first);
+      if (!exists(first)) fail(`entry file ${file} (from ${chosen.from}) does not exist`);
+      Object.assign(process.env, env);
+      // runMain makes the app the main module (require.main === module holds)
+      // and also handles ES module entry files.
+      process.argv = [process.argv[0], file, ...rest];
+      return Module.runMain(file);
+    }
+    return runChild(process.execPath, args, env);
+  }
+  const file = findProgram(program);
+  if (!file) {
+    fail(
+      `${chosen.from} runs "${program}", which is neither in node_modules/.bin nor on PATH ` +
+        `(a devDependency is not in the image: move it to dependencies, or set --start)`,
+    );
+  }
+  if (isNodeScript(file)) return runChild(process.execPath, [fs.realpathSync(file), ...args], env);
+  return runChild(file, args, env);
+}
+
+const chosen = chooseCommand(readPackageJson());
+if (!chosen) {
+  fail(
+    `no entry point in ${appDir}: add scripts.start ("node server.js"), "main", or an index.js, server.js or app.js`,
+  );
+}
+start(chosen);
