@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use kiln_builder::pull::{host_platform, parse_platform, pull_image};
 use kiln_builder::push::{Pushed, push_image};
 use kiln_builder::registry::{Registry, RegistryOptions, RetryPolicy};
-use kiln_builder::{BaseSource, BuildRequest, Built, Step, output};
+use kiln_builder::{BaseSource, BuildRequest, BuildScript, Built, Step, output};
 
 #[derive(Parser)]
 #[command(
@@ -238,6 +238,16 @@ struct BuildArgs {
     /// Extra environment for the image, `KEY=value` (repeatable).
     #[arg(long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// Start command of an `app` image [default: package.json `kiln.start`, else
+    /// `scripts.start`, else `start:prod` when `start` needs a devDependency].
+    #[arg(long)]
+    start: Option<String>,
+    /// Script to run as the build step [default: `kiln.buildScript`, else `build` if present].
+    #[arg(long, value_name = "NAME", conflicts_with = "no_build")]
+    build_script: Option<String>,
+    /// Run no build step.
+    #[arg(long)]
+    no_build: bool,
     #[command(flatten)]
     registry: RegistryArgs,
     #[command(flatten)]
@@ -890,6 +900,12 @@ fn build(args: BuildArgs) -> Result<()> {
         env: args.env,
         source_date_epoch: args.common.source_date_epoch,
         cache_dir,
+        start: args.start,
+        build_script: match (args.no_build, args.build_script) {
+            (true, _) => BuildScript::Off,
+            (false, Some(name)) => BuildScript::Named(name),
+            (false, None) => BuildScript::Auto,
+        },
     };
     let progress = |step: Step| eprintln!("{step}");
     let built: Built = kiln_builder::build(&request, &progress)?;

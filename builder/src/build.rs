@@ -13,10 +13,12 @@ use kiln_layers::{
 use kiln_runtimes::Runtime;
 use serde_json::json;
 
-use crate::host_base::{LABEL_LIBC, LABEL_NODE_ABI, host_base};
+use crate::host_base::{LABEL_LIBC, LABEL_NODE_ABI, LABEL_NODE_VERSION, host_base};
 use crate::image::{Base, rfc3339};
+use crate::project::{BuildScript, ProjectConfig};
 use crate::shared::{NoSharedLayers, SharedLayers};
-use crate::{BuildError, Progress, Result, Step, npm, seen};
+use crate::start::{AppFiles, ENV_START};
+use crate::{BuildError, Progress, Result, Step, build_step, node_version, npm, seen, start};
 
 /// Manifest annotation: the runtime an image was built for.
 pub const ANNOTATION_RUNTIME: &str = "dev.kiln.runtime";
@@ -68,6 +70,11 @@ pub struct BuildRequest {
     pub source_date_epoch: u64,
     /// The cache directory (an OCI layout plus key files).
     pub cache_dir: PathBuf,
+    /// `--start`: the start command of an `app` image, over the project config and
+    /// `scripts.start`.
+    pub start: Option<String>,
+    /// `--build-script NAME` / `--no-build`, over the project config.
+    pub build_script: BuildScript,
 }
 
 /// A built image; its blobs are in `store`.
@@ -110,9 +117,12 @@ pub fn build_with(
     if !source.is_dir() {
         return Err(kiln_layers::Error::SourceMissing(source.clone()).into());
     }
-    let (runtime_name, reason) = match &request.runtime {
-        Some(name) => (name.clone(), "--runtime".to_owned()),
-        None => {
+    let packages = npm::read(source)?;
+    let config = ProjectConfig::read(source, &packages.package)?;
+    let (runtime_name, reason) = match (&request.runtime, &config.runtime) {
+        (Some(name), _) => (name.clone(), "--runtime".to_owned()),
+        (None, Some(name)) => (name.clone(), "kiln.runtime in package.json".to_owned()),
+        (None, None) => {
             let (name, reason) = kiln_runtimes::detect(source);
             (name.to_owned(), format!("detected: {reason}"))
         }
@@ -122,12 +132,21 @@ pub fn build_with(
         name: runtime_name.clone(),
         reason,
     });
-    let env = parse_env(&request.env)?;
-    let packages = npm::read(source)?;
+    let configured_env: Vec<String> = config.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let mut env = parse_env(&configured_env)?;
+    env.extend(parse_env(&request.env)?);
+    let build_script = build_step::choose(
+        source,
+        &packages.package,
+        &config.build_script(&request.build_script),
+    )?;
 
     let cache = LayerCache::open(&request.cache_dir)?;
     let store = cache.store().clone();
     let base = resolve_base(&request.base, &store, progress)?;
+    if let Some(have) = base.label(LABEL_NODE_VERSION) {
+        node_version::check(source, &packages.package, have)?;
+    }
 
     let mut layers: Vec<(Layer, String)> = Vec::new();
     match base.label(LABEL_RUNTIME) {
@@ -191,18 +210,80 @@ pub fn build_with(
         },
     )?;
     let content = tree.content_key()?;
-    let app_key = CacheKey::new("app")
-        .with("content", content.as_str())
-        .with("mtime", &epoch);
-    let (app_layer, hit) = cached_layer(&cache, &app_key, || {
-        let mut layer = LayerBuilder::new(request.source_date_epoch);
-        layer.add("app", Entry::dir());
-        tree.add_to(&mut layer, "app");
-        Ok(layer.write_to(&store)?)
-    })?;
+    let lockfile = packages.lockfile.as_deref();
+    let (app_layer, app_key, hit, shipped) = match &build_script {
+        None => {
+            let app_key = CacheKey::new("app")
+                .with("content", content.as_str())
+                .with("mtime", &epoch);
+            let (layer, hit) = cached_layer(&cache, &app_key, || {
+                let mut layer = LayerBuilder::new(request.source_date_epoch);
+                layer.add("app", Entry::dir());
+                tree.add_to(&mut layer, "app");
+                add_framework_dirs(&mut layer, &packages.package);
+                Ok(layer.write_to(&store)?)
+            })?;
+            let shipped = tree.entries().iter().map(|e| e.rel.clone()).collect();
+            (layer, app_key, hit, shipped)
+        }
+        Some(script) => {
+            let app_key = build_step::key(&content, lockfile, script).with("mtime", &epoch);
+            let timeout = config
+                .build_timeout_secs
+                .map_or(build_step::DEFAULT_TIMEOUT, std::time::Duration::from_secs);
+            let mut shipped = Vec::new();
+            let (layer, hit) = cached_layer(&cache, &app_key, || {
+                let built = build_step::run(&tree, lockfile, script, &cache, timeout, progress)?;
+                let built_tree = SourceTree::scan(
+                    built.path(),
+                    &ScanOptions {
+                        ignore_files: true,
+                        exclude_top: vec!["node_modules".into()],
+                    },
+                )?;
+                let mut layer = LayerBuilder::new(request.source_date_epoch);
+                layer.add("app", Entry::dir());
+                built_tree.add_to(&mut layer, "app");
+                add_framework_dirs(&mut layer, &packages.package);
+                shipped = built_tree.entries().iter().map(|e| e.rel.clone()).collect();
+                Ok(layer.write_to(&store)?)
+            })?;
+            if hit {
+                shipped = layer_paths(&store, &layer, "app/")?;
+            }
+            (layer, app_key, hit, shipped)
+        }
+    };
+    let app_entries = shipped.len();
+    if runtime.name == "app" {
+        let shipped: std::collections::BTreeSet<String> = shipped.into_iter().collect();
+        let has = |rel: &str| shipped.contains(rel);
+        let files = AppFiles {
+            source_dir: source,
+            has: &has,
+        };
+        let chosen = start::choose(
+            &files,
+            &packages.package,
+            request.start.as_deref(),
+            config.start.as_deref(),
+            lockfile,
+        )?;
+        if let Some(chosen) = chosen.filter(start::Start::needs_env) {
+            progress.step(Step::Note(format!(
+                "start: {} ({})",
+                chosen.command, chosen.from
+            )));
+            env.retain(|(k, _)| k != ENV_START);
+            env.push((ENV_START.to_owned(), chosen.command));
+        }
+    }
     progress.step(Step::Layer {
         kind: "app",
-        detail: format!("{} entries", tree.entries().len()),
+        detail: match &build_script {
+            Some(script) => format!("{app_entries} entries, built by script \"{}\"", script.name),
+            None => format!("{app_entries} entries"),
+        },
         descriptor: app_layer.descriptor.clone(),
         cache_hit: hit,
         cache_key: Some(app_key.digest()),
@@ -461,6 +542,33 @@ fn deps_layer(
         cache_key: Some(key.digest()),
     });
     Ok(Some((layer, key.digest(), detail)))
+}
+
+fn add_framework_dirs(layer: &mut LayerBuilder, package: &serde_json::Value) {
+    for (dir, mode) in start::framework_dirs(package) {
+        layer.add(&format!("app/{dir}"), Entry::dir().with_mode(*mode));
+    }
+}
+
+/// The paths under `prefix` in a layer of `store`, relative to it (files and links only).
+fn layer_paths(store: &BlobStore, layer: &Layer, prefix: &str) -> Result<Vec<String>> {
+    let path = store.blob_path(&layer.descriptor.digest);
+    let file = std::fs::File::open(&path).map_err(kiln_layers::Error::io("open", &path))?;
+    let mut archive = tar::Archive::new(flate2::read::MultiGzDecoder::new(file));
+    let mut paths = Vec::new();
+    for entry in archive
+        .entries()
+        .map_err(kiln_layers::Error::io("read", &path))?
+    {
+        let entry = entry.map_err(kiln_layers::Error::io("read", &path))?;
+        let name = entry
+            .path()
+            .map_err(kiln_layers::Error::io("read", &path))?;
+        if let Some(rel) = name.to_str().and_then(|n| n.strip_prefix(prefix)) {
+            paths.push(rel.trim_end_matches('/').to_owned());
+        }
+    }
+    Ok(paths)
 }
 
 fn modules_layer(tree: &SourceTree, epoch: &str) -> LayerBuilder {

@@ -87,4 +87,57 @@ pub enum BuildError {
         /// What is wrong.
         problem: String,
     },
+    /// The start command of an `app` image would fail when the image starts.
+    #[error("{source_dir}: {from} \"{command}\" {problem}; {fix}")]
+    Start {
+        /// The app source.
+        source_dir: PathBuf,
+        /// Where the command came from (`scripts.start`, `--start`, …).
+        from: String,
+        /// The command.
+        command: String,
+        /// What is missing.
+        problem: String,
+        /// What to do about it.
+        fix: String,
+    },
+    /// The app's build script failed, timed out or could not run.
+    #[error(
+        "{source_dir}: build script \"{script}\" ({command}) {problem}{}",
+        tail_text(output)
+    )]
+    BuildScript {
+        /// The app source.
+        source_dir: PathBuf,
+        /// The script name.
+        script: String,
+        /// Its command.
+        command: String,
+        /// What went wrong (exit status, time limit, sandbox).
+        problem: String,
+        /// Its last output lines.
+        output: Vec<String>,
+    },
+    /// The base's Node does not satisfy what the app asks for.
+    #[error(
+        "{source_dir}: {from} asks for Node {wanted}, but the base has Node {have}; pick a base with a matching Node (--base) or change {from}"
+    )]
+    NodeVersion {
+        /// The app source.
+        source_dir: PathBuf,
+        /// `engines.node`, `.nvmrc` or `.node-version`.
+        from: String,
+        /// The range asked for.
+        wanted: String,
+        /// The base's Node version.
+        have: String,
+    },
+}
+
+fn tail_text(lines: &[String]) -> String {
+    if lines.is_empty() {
+        String::new()
+    } else {
+        format!("; last output:\n{}", lines.join("\n"))
+    }
 }

@@ -3,20 +3,26 @@
 //! archive or a registry.
 
 pub mod build;
+pub mod build_step;
 pub mod error;
 pub mod host_base;
 pub mod image;
+pub mod node_version;
 pub mod npm;
 pub mod output;
 pub mod progress;
+pub mod project;
 pub mod pull;
 pub mod push;
 pub mod rebase;
 pub mod registry;
+pub mod sandbox;
 pub mod seen;
 pub mod shared;
+pub mod start;
 
 pub use build::{BaseSource, BuildRequest, Built, build, build_runtime_base, build_with};
 pub use error::{BuildError, Result};
 pub use kiln_runtimes::NAMES as RUNTIME_NAMES;
 pub use progress::{Progress, Quiet, Step};
+pub use project::BuildScript;

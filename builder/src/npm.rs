@@ -124,6 +124,11 @@ fn check_lockfile(path: &Path, bytes: &[u8], package: &Value) -> Result<()> {
 /// copied there) and returns the `node_modules` it made. npm's own config (`~/.npmrc`,
 /// `NPM_TOKEN`, `npm_config_*`) applies; nothing of it reaches a layer.
 pub fn install(source: &Path, scratch: &Path) -> Result<PathBuf> {
+    install_with(source, scratch, &NPM_CI_FLAGS)
+}
+
+/// [`install`] with other `npm ci` flags.
+pub fn install_with(source: &Path, scratch: &Path, flags: &[&str]) -> Result<PathBuf> {
     for name in ["package.json", "package-lock.json", ".npmrc"] {
         let from = source.join(name);
         if from.is_file() {
@@ -138,7 +143,7 @@ pub fn install(source: &Path, scratch: &Path) -> Result<PathBuf> {
     };
     let out = Command::new("npm")
         .arg("ci")
-        .args(NPM_CI_FLAGS)
+        .args(flags)
         .current_dir(scratch)
         .output()
         .map_err(|e| failed(format!("cannot run npm: {e}"), String::new()))?;

@@ -38,6 +38,17 @@ pub enum Step {
     },
     /// Running `npm ci` (can take a while).
     Installing,
+    /// The app's build script starts (in the sandbox).
+    BuildScript {
+        /// Its name in `scripts`.
+        name: String,
+        /// Its command line.
+        command: String,
+    },
+    /// A line of the build script's output.
+    BuildOutput(String),
+    /// Something the user should know about a choice kiln made.
+    Note(String),
 }
 
 impl fmt::Display for Step {
@@ -69,6 +80,14 @@ impl fmt::Display for Step {
                 if *cache_hit { "cache hit, " } else { "" }
             ),
             Step::Installing => write!(f, "deps: npm ci --omit=dev --ignore-scripts"),
+            Step::BuildScript { name, command } => {
+                write!(
+                    f,
+                    "build: running script \"{name}\" ({command}) in a sandbox"
+                )
+            }
+            Step::BuildOutput(line) => write!(f, "build | {line}"),
+            Step::Note(note) => write!(f, "{note}"),
         }
     }
 }

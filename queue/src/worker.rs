@@ -423,6 +423,8 @@ async fn process(
         env: job.env.clone(),
         source_date_epoch: 0,
         cache_dir: cache_dir.clone(),
+        start: None,
+        build_script: kiln_builder::BuildScript::Auto,
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<Step>();
     let shared =
@@ -462,7 +464,7 @@ async fn process(
             }
             Step::Runtime { name, .. } => runtime = name.clone(),
             Step::Base { name, .. } => base_name = name.clone(),
-            Step::Installing => {}
+            Step::Installing | Step::BuildScript { .. } | Step::BuildOutput(_) | Step::Note(_) => {}
         }
         event(
             ctx,

@@ -1,0 +1,216 @@
+//! The build step: an app's `build` script (Heroku's and Google's buildpacks' convention) run
+//! at build time, so that what ships is its output (`dist/`) next to production dependencies
+//! only.
+//!
+//! All dependencies, dev ones included, are installed once per lockfile into the cache
+//! (`npm ci --include=dev --ignore-scripts`), so a code change re-runs the script, not the
+//! install. The script runs in [`crate::sandbox`] on a copy of the app's shipped files (never
+//! `.npmrc`, `.env*` or ignored files), with those dependencies mounted read-only at
+//! `node_modules` (a private, writable `node_modules/.cache`).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kiln_layers::{CacheKey, Digest, LayerCache, SourceKind, SourceTree};
+use serde_json::Value;
+
+use crate::project::BuildScript;
+use crate::sandbox::{self, Script, WORK};
+use crate::{BuildError, Progress, Result, Step, npm};
+
+/// Default time limit of a build script.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Flags of the install the build script runs with; part of its cache key.
+pub const DEV_INSTALL_FLAGS: [&str; 5] = [
+    "--include=dev",
+    "--ignore-scripts",
+    "--no-audit",
+    "--no-fund",
+    "--loglevel=error",
+];
+
+/// A build script to run.
+#[derive(Clone, Debug)]
+pub struct Chosen {
+    /// Its name in `scripts`.
+    pub name: String,
+    /// Its command line.
+    pub command: String,
+}
+
+/// The build script `choice` selects from `package`'s scripts, if any.
+pub fn choose(source: &Path, package: &Value, choice: &BuildScript) -> Result<Option<Chosen>> {
+    let script = |name: &str| {
+        package
+            .get("scripts")
+            .and_then(|s| s.get(name))
+            .and_then(Value::as_str)
+            .map(|command| Chosen {
+                name: name.to_owned(),
+                command: command.to_owned(),
+            })
+    };
+    match choice {
+        BuildScript::Off => Ok(None),
+        BuildScript::Auto => Ok(script("build").filter(|s| !s.command.trim().is_empty())),
+        BuildScript::Named(name) => script(name)
+            .map(Some)
+            .ok_or_else(|| BuildError::PackageJson {
+                path: source.join("package.json"),
+                problem: format!("no script \"{name}\" to run as the build step"),
+            }),
+    }
+}
+
+/// The cache key of the app layer a build makes: the shipped files, the dependency inputs,
+/// the Node that runs the script and the script itself.
+pub fn key(content: &Digest, lockfile: Option<&[u8]>, script: &Chosen) -> CacheKey {
+    CacheKey::new("app-built")
+        .with("content", content.as_str())
+        .with(
+            "lockfile",
+            lockfile
+                .map(|l| Digest::of(l).to_string())
+                .unwrap_or_default(),
+        )
+        .with("node", host_node_version())
+        .with("script", format!("{}={}", script.name, script.command))
+}
+
+/// Runs `script` on a copy of `tree` (the app's shipped files) and returns the directory
+/// holding the result; its `node_modules` is only a mount point.
+pub fn run(
+    tree: &SourceTree,
+    lockfile: Option<&[u8]>,
+    script: &Chosen,
+    cache: &LayerCache,
+    timeout: Duration,
+    progress: &dyn Progress,
+) -> Result<tempfile::TempDir> {
+    let source = tree.root();
+    let modules = match lockfile {
+        Some(lock) => Some(dev_install(source, lock, cache, progress)?),
+        None => Some(source.join("node_modules")).filter(|m| m.is_dir()),
+    };
+    let scratch_root = cache.store().root().join("tmp");
+    std::fs::create_dir_all(&scratch_root)
+        .map_err(kiln_layers::Error::io("create directory", &scratch_root))?;
+    let work = tempfile::tempdir_in(&scratch_root).map_err(kiln_layers::Error::io(
+        "create scratch directory in",
+        &scratch_root,
+    ))?;
+    copy_tree(tree, work.path())?;
+    let (mut read_only, mut tmpfs) = (Vec::new(), Vec::new());
+    if let Some(modules) = &modules {
+        std::fs::create_dir_all(work.path().join("node_modules"))
+            .map_err(kiln_layers::Error::io("create directory", work.path()))?;
+        read_only.push((modules.clone(), format!("{WORK}/node_modules")));
+        if modules.join(".cache").is_dir() {
+            tmpfs.push(format!("{WORK}/node_modules/.cache"));
+        }
+    }
+    progress.step(Step::BuildScript {
+        name: script.name.clone(),
+        command: script.command.clone(),
+    });
+    let env = vec![
+        (
+            "PATH".to_owned(),
+            format!("{WORK}/node_modules/.bin:/usr/local/bin:/usr/bin:/bin"),
+        ),
+        ("NODE_ENV".to_owned(), "production".to_owned()),
+        ("CI".to_owned(), "true".to_owned()),
+        ("npm_lifecycle_event".to_owned(), script.name.clone()),
+    ];
+    let sandboxed = Script {
+        command: &script.command,
+        work: work.path(),
+        read_only,
+        tmpfs,
+        env,
+        timeout,
+    };
+    sandbox::run(&sandboxed, &mut |line| {
+        progress.step(Step::BuildOutput(line.to_owned()))
+    })
+    .map_err(|failure| BuildError::BuildScript {
+        source_dir: source.to_owned(),
+        script: script.name.clone(),
+        command: script.command.clone(),
+        problem: failure.problem,
+        output: failure.output,
+    })?;
+    let mount_point = work.path().join("node_modules");
+    if modules.is_some() {
+        let _ = std::fs::remove_dir(&mount_point);
+    }
+    Ok(work)
+}
+
+/// All dependencies of `lockfile`, installed once into the cache; returns its node_modules.
+fn dev_install(
+    source: &Path,
+    lockfile: &[u8],
+    cache: &LayerCache,
+    progress: &dyn Progress,
+) -> Result<PathBuf> {
+    let key = CacheKey::new("dev-install")
+        .with("lockfile", Digest::of(lockfile).as_str())
+        .with("node", host_node_version())
+        .with("flags", DEV_INSTALL_FLAGS.join(" "));
+    let home = cache.store().root().join("dev-deps");
+    let done = home.join(key.digest().hex());
+    let modules = done.join("node_modules");
+    if modules.is_dir() {
+        return Ok(modules);
+    }
+    std::fs::create_dir_all(&home).map_err(kiln_layers::Error::io("create directory", &home))?;
+    let scratch = tempfile::tempdir_in(&home)
+        .map_err(kiln_layers::Error::io("create scratch directory in", &home))?;
+    progress.step(Step::Note(format!(
+        "build deps: npm ci {} (once per lockfile)",
+        DEV_INSTALL_FLAGS.join(" ")
+    )));
+    let made = npm::install_with(source, scratch.path(), &DEV_INSTALL_FLAGS)?;
+    std::fs::create_dir_all(made.join(".cache"))
+        .map_err(kiln_layers::Error::io("create directory", &made))?;
+    for name in ["package.json", "package-lock.json", ".npmrc"] {
+        let _ = std::fs::remove_file(scratch.path().join(name));
+    }
+    // Whole or not at all: a concurrent build that got there first wins.
+    let kept = scratch.keep();
+    if std::fs::rename(&kept, &done).is_err() {
+        let _ = std::fs::remove_dir_all(&kept);
+    }
+    Ok(modules)
+}
+
+fn copy_tree(tree: &SourceTree, dest: &Path) -> Result<()> {
+    for entry in tree.entries() {
+        let to = dest.join(&entry.rel);
+        let io = |what: &'static str| kiln_layers::Error::io(what, &to);
+        match &entry.kind {
+            SourceKind::Dir => std::fs::create_dir_all(&to).map_err(io("create directory"))?,
+            SourceKind::File { .. } => {
+                if let Some(parent) = to.parent() {
+                    std::fs::create_dir_all(parent).map_err(io("create directory"))?;
+                }
+                std::fs::copy(&entry.path, &to).map_err(io("copy"))?;
+            }
+            SourceKind::Symlink(target) => {
+                std::os::unix::fs::symlink(target, &to).map_err(io("create symlink"))?
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `node --version` of the node on PATH, which runs build scripts.
+pub fn host_node_version() -> String {
+    std::process::Command::new("node")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
