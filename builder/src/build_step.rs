@@ -14,6 +14,7 @@ use std::time::Duration;
 use kiln_layers::{CacheKey, Digest, LayerCache, SourceKind, SourceTree};
 use serde_json::Value;
 
+use crate::error::BuildScriptError;
 use crate::project::BuildScript;
 use crate::sandbox::{self, Script, WORK};
 use crate::{BuildError, Progress, Result, Step, npm};
@@ -134,12 +135,14 @@ pub fn run(
     sandbox::run(&sandboxed, &mut |line| {
         progress.step(Step::BuildOutput(line.to_owned()))
     })
-    .map_err(|failure| BuildError::BuildScript {
-        source_dir: source.to_owned(),
-        script: script.name.clone(),
-        command: script.command.clone(),
-        problem: failure.problem,
-        output: failure.output,
+    .map_err(|failure| {
+        BuildError::BuildScript(Box::new(BuildScriptError {
+            source_dir: source.to_owned(),
+            script: script.name.clone(),
+            command: script.command.clone(),
+            problem: failure.problem,
+            output: failure.output,
+        }))
     })?;
     let mount_point = work.path().join("node_modules");
     if modules.is_some() {

@@ -88,36 +88,11 @@ pub enum BuildError {
         problem: String,
     },
     /// The start command of an `app` image would fail when the image starts.
-    #[error("{source_dir}: {from} \"{command}\" {problem}; {fix}")]
-    Start {
-        /// The app source.
-        source_dir: PathBuf,
-        /// Where the command came from (`scripts.start`, `--start`, …).
-        from: String,
-        /// The command.
-        command: String,
-        /// What is missing.
-        problem: String,
-        /// What to do about it.
-        fix: String,
-    },
+    #[error(transparent)]
+    Start(Box<StartError>),
     /// The app's build script failed, timed out or could not run.
-    #[error(
-        "{source_dir}: build script \"{script}\" ({command}) {problem}{}",
-        tail_text(output)
-    )]
-    BuildScript {
-        /// The app source.
-        source_dir: PathBuf,
-        /// The script name.
-        script: String,
-        /// Its command.
-        command: String,
-        /// What went wrong (exit status, time limit, sandbox).
-        problem: String,
-        /// Its last output lines.
-        output: Vec<String>,
-    },
+    #[error(transparent)]
+    BuildScript(Box<BuildScriptError>),
     /// The base's Node does not satisfy what the app asks for.
     #[error(
         "{source_dir}: {from} asks for Node {wanted}, but the base has Node {have}; pick a base with a matching Node (--base) or change {from}"
@@ -140,4 +115,39 @@ fn tail_text(lines: &[String]) -> String {
     } else {
         format!("; last output:\n{}", lines.join("\n"))
     }
+}
+
+/// A start command that cannot work in the image.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_dir}: {from} \"{command}\" {problem}; {fix}")]
+pub struct StartError {
+    /// The app source.
+    pub source_dir: PathBuf,
+    /// Where the command came from (`scripts.start`, `--start`, …).
+    pub from: String,
+    /// The command.
+    pub command: String,
+    /// What is missing.
+    pub problem: String,
+    /// What to do about it.
+    pub fix: String,
+}
+
+/// A build script that failed, timed out or could not run.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{source_dir}: build script \"{script}\" ({command}) {problem}{}",
+    tail_text(output)
+)]
+pub struct BuildScriptError {
+    /// The app source.
+    pub source_dir: PathBuf,
+    /// The script name.
+    pub script: String,
+    /// Its command.
+    pub command: String,
+    /// What went wrong (exit status, time limit, sandbox).
+    pub problem: String,
+    /// Its last output lines.
+    pub output: Vec<String>,
 }

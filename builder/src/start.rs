@@ -11,6 +11,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
+use crate::error::StartError;
 use crate::{BuildError, Result};
 
 /// Image environment variable holding a start command other than `scripts.start`.
@@ -141,12 +142,14 @@ pub fn words(command: &str) -> Option<Vec<String>> {
 
 fn check(files: &AppFiles, start: &Start, lock: Option<&Value>) -> Result<()> {
     let app_dir = files.source_dir;
-    let fail = |problem: String, fix: String| BuildError::Start {
-        source_dir: app_dir.to_owned(),
-        from: start.from.clone(),
-        command: start.command.clone(),
-        problem,
-        fix,
+    let fail = |problem: String, fix: String| {
+        BuildError::Start(Box::new(StartError {
+            source_dir: app_dir.to_owned(),
+            from: start.from.clone(),
+            command: start.command.clone(),
+            problem,
+            fix,
+        }))
     };
     // Shell syntax runs under /bin/sh, which the launcher checks for when it starts.
     let Some(words) = words(&start.command) else {
