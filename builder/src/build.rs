@@ -18,7 +18,9 @@ use crate::image::{Base, rfc3339};
 use crate::project::{BuildScript, ProjectConfig};
 use crate::shared::{NoSharedLayers, SharedLayers};
 use crate::start::{AppFiles, ENV_START};
-use crate::{BuildError, Progress, Result, Step, build_step, node_version, npm, seen, start};
+use crate::{
+    BuildError, Progress, Result, Step, build_step, native, node_version, npm, seen, start,
+};
 
 /// Manifest annotation: the runtime an image was built for.
 pub const ANNOTATION_RUNTIME: &str = "dev.kiln.runtime";
@@ -509,6 +511,20 @@ fn deps_layer(
                 if !modules.is_dir() {
                     std::fs::create_dir_all(&modules)
                         .map_err(kiln_layers::Error::io("create directory", &modules))?;
+                }
+                let skipped = native::skipped_install_scripts(lock);
+                if !skipped.is_empty() {
+                    progress.step(Step::Note(format!(
+                        "deps: install scripts not run (--ignore-scripts): {}",
+                        skipped.join(", ")
+                    )));
+                }
+                let native = native::packages_with_native_code(&modules);
+                if !native.is_empty() {
+                    progress.step(Step::Note(format!(
+                        "deps: native code in {} (layer keyed by Node ABI {abi} and {platform})",
+                        native.join(", ")
+                    )));
                 }
                 let tree = SourceTree::scan(&modules, &ScanOptions::default())?;
                 let layer = modules_layer(&tree, epoch).write_to(store)?;

@@ -7,6 +7,7 @@ pub mod build_step;
 pub mod error;
 pub mod host_base;
 pub mod image;
+pub mod native;
 pub mod node_version;
 pub mod npm;
 pub mod output;

@@ -1,0 +1,94 @@
+//! What a dependency install leaves to be known: which packages carry native code (`.node`
+//! binaries or a `binding.gyp`), and which install scripts did not run (kiln installs with
+//! `--ignore-scripts`), so a build says so instead of an image failing when it loads them.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+/// Production packages of a v2/v3 lockfile whose install scripts were skipped, by name.
+pub fn skipped_install_scripts(lockfile: &[u8]) -> Vec<String> {
+    let Ok(lock) = serde_json::from_slice::<Value>(lockfile) else {
+        return Vec::new();
+    };
+    let Some(packages) = lock.get("packages").and_then(Value::as_object) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = packages
+        .iter()
+        .filter(|(_, p)| p.get("hasInstallScript").and_then(Value::as_bool) == Some(true))
+        .filter(|(_, p)| p.get("dev").and_then(Value::as_bool) != Some(true))
+        .filter_map(|(path, _)| path.rsplit_once("node_modules/").map(|(_, n)| n.to_owned()))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Packages under `modules` (a `node_modules`) holding native code, by name.
+pub fn packages_with_native_code(modules: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    visit(modules, modules, &mut found);
+    found.sort();
+    found.dedup();
+    found
+}
+
+fn visit(modules: &Path, dir: &Path, found: &mut Vec<String>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let Ok(kind) = entry.file_type() else { continue };
+        if kind.is_dir() {
+            visit(modules, &path, found);
+        } else if kind.is_file() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if name.ends_with(".node") || name == "binding.gyp" {
+                if let Some(package) = package_of(modules, &path) {
+                    found.push(package);
+                }
+            }
+        }
+    }
+}
+
+/// The package name a file under `modules` belongs to (the innermost `node_modules/<name>`).
+fn package_of(modules: &Path, file: &Path) -> Option<String> {
+    let rel = file.strip_prefix(modules).ok()?.to_str()?.to_owned();
+    let inner = rel.rsplit_once("node_modules/").map_or(rel.as_str(), |(_, r)| r);
+    let mut parts = inner.split('/');
+    let first = parts.next()?;
+    if first.starts_with('@') {
+        Some(format!("{first}/{}", parts.next()?))
+    } else {
+        Some(first.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_native_packages_and_skipped_scripts() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path();
+        for (file, body) in [
+            ("@img/sharp-linux-x64/lib/sharp.node", "x"),
+            ("plain/index.js", "x"),
+            ("a/node_modules/gyp-thing/binding.gyp", "{}"),
+        ] {
+            std::fs::create_dir_all(m.join(file).parent().unwrap()).unwrap();
+            std::fs::write(m.join(file), body).unwrap();
+        }
+        assert_eq!(packages_with_native_code(m), ["@img/sharp-linux-x64", "gyp-thing"]);
+        let lock = br#"{"lockfileVersion":3,"packages":{"":{},
+            "node_modules/sharp":{"hasInstallScript":true},
+            "node_modules/nodemon":{"hasInstallScript":true,"dev":true},
+            "node_modules/a/node_modules/@x/y":{"hasInstallScript":true}}}"#;
+        assert_eq!(skipped_install_scripts(lock), ["@x/y", "sharp"]);
+    }
+}
