@@ -285,8 +285,14 @@ fn a_start_needing_a_dev_dependency_fails_the_build_naming_the_fix() {
 #[test]
 fn sharp_app_loads_its_prebuilt_native_library_in_the_image() {
     let err = builds_and_answers("sharp", "/resize", "\"width\":16");
-    assert!(err.contains("deps: native code in @img/sharp-linux-x64"), "{err}");
-    assert!(err.contains("install scripts not run (--ignore-scripts): sharp"), "{err}");
+    assert!(
+        err.contains("deps: native code in @img/sharp-linux-x64"),
+        "{err}"
+    );
+    assert!(
+        err.contains("install scripts not run (--ignore-scripts): sharp"),
+        "{err}"
+    );
 }
 
 fn unsafe_kill(pid: u32, signal: &str) {

@@ -40,16 +40,18 @@ fn visit(modules: &Path, dir: &Path, found: &mut Vec<String>) {
     };
     for entry in entries.flatten() {
         let path = entry.path();
-        let Ok(kind) = entry.file_type() else { continue };
+        let Ok(kind) = entry.file_type() else {
+            continue;
+        };
         if kind.is_dir() {
             visit(modules, &path, found);
         } else if kind.is_file() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
-            if name.ends_with(".node") || name == "binding.gyp" {
-                if let Some(package) = package_of(modules, &path) {
-                    found.push(package);
-                }
+            if (name.ends_with(".node") || name == "binding.gyp")
+                && let Some(package) = package_of(modules, &path)
+            {
+                found.push(package);
             }
         }
     }
@@ -58,7 +60,9 @@ fn visit(modules: &Path, dir: &Path, found: &mut Vec<String>) {
 /// The package name a file under `modules` belongs to (the innermost `node_modules/<name>`).
 fn package_of(modules: &Path, file: &Path) -> Option<String> {
     let rel = file.strip_prefix(modules).ok()?.to_str()?.to_owned();
-    let inner = rel.rsplit_once("node_modules/").map_or(rel.as_str(), |(_, r)| r);
+    let inner = rel
+        .rsplit_once("node_modules/")
+        .map_or(rel.as_str(), |(_, r)| r);
     let mut parts = inner.split('/');
     let first = parts.next()?;
     if first.starts_with('@') {
@@ -84,7 +88,10 @@ mod tests {
             std::fs::create_dir_all(m.join(file).parent().unwrap()).unwrap();
             std::fs::write(m.join(file), body).unwrap();
         }
-        assert_eq!(packages_with_native_code(m), ["@img/sharp-linux-x64", "gyp-thing"]);
+        assert_eq!(
+            packages_with_native_code(m),
+            ["@img/sharp-linux-x64", "gyp-thing"]
+        );
         let lock = br#"{"lockfileVersion":3,"packages":{"":{},
             "node_modules/sharp":{"hasInstallScript":true},
             "node_modules/nodemon":{"hasInstallScript":true,"dev":true},
