@@ -181,6 +181,41 @@ fn koa_generator_app_builds_and_answers() {
 }
 
 #[test]
+fn allowlisted_install_scripts_run_in_the_sandbox_and_the_rest_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = app_copy("koa", tmp.path());
+    let pkg_path = dir.join("package.json");
+    let mut pkg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&pkg_path).unwrap()).unwrap();
+    pkg["kiln"] = serde_json::json!({"allowScripts": ["core-js", "left-pad"]});
+    std::fs::write(&pkg_path, serde_json::to_vec_pretty(&pkg).unwrap()).unwrap();
+    let out = build_app(&dir, tmp.path(), &[]);
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("running the install scripts of core-js in the sandbox"),
+        "{err}"
+    );
+    assert!(
+        err.contains("build | "),
+        "no script output streamed:\n{err}"
+    );
+    assert!(
+        err.contains("kiln.allowScripts names left-pad, which is not"),
+        "{err}"
+    );
+    assert!(!err.contains("install scripts not run"), "{err}");
+    let app = run_image(tmp.path(), Duration::from_secs(60));
+    let (status, body) = app.get("/string");
+    assert_eq!(
+        (status, body.as_str()),
+        (200, "koa2 string"),
+        "{}",
+        app.log()
+    );
+}
+
+#[test]
 fn fastify_cli_app_starts_through_its_bin_and_answers() {
     let err = builds_and_answers("fastify", "/", "root");
     assert!(err.contains("runtime: app"), "{err}");

@@ -194,6 +194,7 @@ pub fn build_with(
         abi,
         &platform,
         &epoch,
+        &config,
         progress,
         shared,
     )?;
@@ -476,6 +477,7 @@ fn deps_layer(
     abi: &str,
     platform: &str,
     epoch: &str,
+    config: &ProjectConfig,
     progress: &dyn Progress,
     shared: &dyn SharedLayers,
 ) -> Result<Option<(Layer, Digest, String)>> {
@@ -496,9 +498,24 @@ fn deps_layer(
                 Box::new(move || Ok(modules_layer(&tree, epoch).write_to(store)?)),
             )
         } else if let Some(lock) = &packages.lockfile {
+            let scripted = native::skipped_install_scripts(lock);
+            let (allowed, skipped): (Vec<String>, Vec<String>) = scripted
+                .into_iter()
+                .partition(|name| config.allow_scripts.contains(name));
+            for name in &config.allow_scripts {
+                if !allowed.contains(name) {
+                    progress.step(Step::Note(format!(
+                        "deps: kiln.allowScripts names {name}, which is not a production dependency with an install script"
+                    )));
+                }
+            }
+            let timeout = config
+                .build_timeout_secs
+                .map_or(build_step::DEFAULT_TIMEOUT, std::time::Duration::from_secs);
             let key = key
                 .with("lockfile", Digest::of(lock).as_str())
-                .with("flags", npm::NPM_CI_FLAGS.join(" "));
+                .with("flags", npm::NPM_CI_FLAGS.join(" "))
+                .with("scripts", allowed.join(","));
             let scratch_root = cache.store().root().join("tmp");
             let make = move || {
                 std::fs::create_dir_all(&scratch_root)
@@ -512,7 +529,15 @@ fn deps_layer(
                     std::fs::create_dir_all(&modules)
                         .map_err(kiln_layers::Error::io("create directory", &modules))?;
                 }
-                let skipped = native::skipped_install_scripts(lock);
+                if !allowed.is_empty() {
+                    build_step::run_install_scripts(
+                        source,
+                        scratch.path(),
+                        &allowed,
+                        timeout,
+                        progress,
+                    )?;
+                }
                 if !skipped.is_empty() {
                     progress.step(Step::Note(format!(
                         "deps: install scripts not run (--ignore-scripts): {}",

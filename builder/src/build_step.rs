@@ -151,6 +151,52 @@ pub fn run(
     Ok(work)
 }
 
+/// Runs the install scripts of the dependencies `names` (the app's allowlist) in the
+/// sandbox, on the production install in `scratch` (`npm rebuild`), with the same limits as
+/// a build script; the source's `.npmrc` is removed first so no token is within reach.
+pub fn run_install_scripts(
+    source: &Path,
+    scratch: &Path,
+    names: &[String],
+    timeout: Duration,
+    progress: &dyn Progress,
+) -> Result<()> {
+    let _ = std::fs::remove_file(scratch.join(".npmrc"));
+    progress.step(Step::Note(format!(
+        "deps: running the install scripts of {} in the sandbox (kiln.allowScripts)",
+        names.join(", ")
+    )));
+    let quoted: Vec<String> = names.iter().map(|n| format!("'{n}'")).collect();
+    let command = format!(
+        "npm rebuild --foreground-scripts --no-audit --no-fund {}",
+        quoted.join(" ")
+    );
+    let script = Script {
+        command: &command,
+        work: scratch,
+        read_only: Vec::new(),
+        tmpfs: Vec::new(),
+        env: vec![
+            ("PATH".to_owned(), "/usr/local/bin:/usr/bin:/bin".to_owned()),
+            ("npm_config_cache".to_owned(), "/tmp/npm-cache".to_owned()),
+            ("npm_config_update_notifier".to_owned(), "false".to_owned()),
+        ],
+        timeout,
+    };
+    sandbox::run(&script, &mut |line| {
+        progress.step(Step::BuildOutput(line.to_owned()))
+    })
+    .map_err(|failure| {
+        BuildError::BuildScript(Box::new(BuildScriptError {
+            source_dir: source.to_owned(),
+            script: "install scripts (kiln.allowScripts)".to_owned(),
+            command: command.clone(),
+            problem: failure.problem,
+            output: failure.output,
+        }))
+    })
+}
+
 /// All dependencies of `lockfile`, installed once into the cache; returns its node_modules.
 fn dev_install(
     source: &Path,

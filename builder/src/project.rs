@@ -8,7 +8,8 @@
 //!   "start": "node dist/main",
 //!   "buildScript": "build:prod",
 //!   "buildTimeoutSecs": 600,
-//!   "env": { "LOG_LEVEL": "info" }
+//!   "env": { "LOG_LEVEL": "info" },
+//!   "allowScripts": ["core-js"]
 //! }
 //! ```
 //!
@@ -49,6 +50,9 @@ pub struct ProjectConfig {
     /// Environment of the image.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Dependencies whose install scripts run (in the sandbox); all others are skipped.
+    #[serde(default)]
+    pub allow_scripts: Vec<String>,
 }
 
 /// `buildScript`: a name, or `false`.
