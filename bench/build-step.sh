@@ -21,7 +21,8 @@ APP=$W/nest; cp -a "$APPS/nest" "$APP"
 REF=$W/nest-ref; cp -a "$APPS/nest" "$REF"
 (cd "$REF" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null)
 printf '#!/bin/sh\nsed -i "s/Hello [^!]*!/Hello $(date +%%N)!/" %s\n' "$APP/src/app.service.ts" >"$W/edit.sh"
-printf '#!/bin/sh\nsed -i "s/Hello [^!]*!/Hello $(date +%%N)!/" %s\n' "$REF/src/app.service.ts" >"$W/edit-ref.sh"
+# Like kiln's fresh copy of the app: no dist/ and no tsc incremental state from the last run.
+printf '#!/bin/sh\nsed -i "s/Hello [^!]*!/Hello $(date +%%N)!/" %s\nrm -rf %s/dist %s/*.tsbuildinfo\n' "$REF/src/app.service.ts" "$REF" "$REF" >"$W/edit-ref.sh"
 chmod +x "$W/edit.sh" "$W/edit-ref.sh"
 hyperfine -N -w 1 -r "$RUNS" --export-json "$W/script.json" --prepare "$W/edit-ref.sh" \
   "bash -c 'cd $REF && exec node_modules/.bin/nest build'" >/dev/null 2>&1
