@@ -231,9 +231,7 @@ pub fn build_with(
         }
         Some(script) => {
             let app_key = build_step::key(&content, lockfile, script).with("mtime", &epoch);
-            let timeout = config
-                .build_timeout_secs
-                .map_or(build_step::DEFAULT_TIMEOUT, std::time::Duration::from_secs);
+            let timeout = config.script_timeout();
             let mut shipped = Vec::new();
             let (layer, hit) = cached_layer(&cache, &app_key, || {
                 let built = build_step::run(&tree, lockfile, script, &cache, timeout, progress)?;
@@ -270,7 +268,7 @@ pub fn build_with(
             &packages.package,
             request.start.as_deref(),
             config.start.as_deref(),
-            lockfile,
+            &packages.lock,
         )?;
         if let Some(chosen) = chosen.filter(start::Start::needs_env) {
             progress.step(Step::Note(format!(
@@ -498,7 +496,7 @@ fn deps_layer(
                 Box::new(move || Ok(modules_layer(&tree, epoch).write_to(store)?)),
             )
         } else if let Some(lock) = &packages.lockfile {
-            let scripted = native::skipped_install_scripts(lock);
+            let scripted = native::skipped_install_scripts(&packages.lock);
             let (allowed, skipped): (Vec<String>, Vec<String>) = scripted
                 .into_iter()
                 .partition(|name| config.allow_scripts.contains(name));
@@ -509,9 +507,7 @@ fn deps_layer(
                     )));
                 }
             }
-            let timeout = config
-                .build_timeout_secs
-                .map_or(build_step::DEFAULT_TIMEOUT, std::time::Duration::from_secs);
+            let timeout = config.script_timeout();
             let key = key
                 .with("lockfile", Digest::of(lock).as_str())
                 .with("flags", npm::NPM_CI_FLAGS.join(" "))

@@ -15,6 +15,7 @@ use kiln_layers::{CacheKey, Digest, LayerCache, SourceKind, SourceTree};
 use serde_json::Value;
 
 use crate::error::BuildScriptError;
+use crate::host_base::host_node_stamp;
 use crate::project::BuildScript;
 use crate::sandbox::{self, Script, WORK};
 use crate::{BuildError, Progress, Result, Step, npm};
@@ -65,7 +66,7 @@ pub fn choose(source: &Path, package: &Value, choice: &BuildScript) -> Result<Op
 }
 
 /// The cache key of the app layer a build makes: the shipped files, the dependency inputs,
-/// the Node that runs the script and the script itself.
+/// the node binary that runs the script and the script itself.
 pub fn key(content: &Digest, lockfile: Option<&[u8]>, script: &Chosen) -> CacheKey {
     CacheKey::new("app-built")
         .with("content", content.as_str())
@@ -75,7 +76,7 @@ pub fn key(content: &Digest, lockfile: Option<&[u8]>, script: &Chosen) -> CacheK
                 .map(|l| Digest::of(l).to_string())
                 .unwrap_or_default(),
         )
-        .with("node", host_node_version())
+        .with("node", host_node())
         .with("script", format!("{}={}", script.name, script.command))
 }
 
@@ -132,18 +133,7 @@ pub fn run(
         env,
         timeout,
     };
-    sandbox::run(&sandboxed, &mut |line| {
-        progress.step(Step::BuildOutput(line.to_owned()))
-    })
-    .map_err(|failure| {
-        BuildError::BuildScript(Box::new(BuildScriptError {
-            source_dir: source.to_owned(),
-            script: script.name.clone(),
-            command: script.command.clone(),
-            problem: failure.problem,
-            output: failure.output,
-        }))
-    })?;
+    run_sandboxed(source, &script.name, &sandboxed, progress)?;
     let mount_point = work.path().join("node_modules");
     if modules.is_some() {
         let _ = std::fs::remove_dir(&mount_point);
@@ -183,18 +173,12 @@ pub fn run_install_scripts(
         ],
         timeout,
     };
-    sandbox::run(&script, &mut |line| {
-        progress.step(Step::BuildOutput(line.to_owned()))
-    })
-    .map_err(|failure| {
-        BuildError::BuildScript(Box::new(BuildScriptError {
-            source_dir: source.to_owned(),
-            script: "install scripts (kiln.allowScripts)".to_owned(),
-            command: command.clone(),
-            problem: failure.problem,
-            output: failure.output,
-        }))
-    })
+    run_sandboxed(
+        source,
+        "install scripts (kiln.allowScripts)",
+        &script,
+        progress,
+    )
 }
 
 /// All dependencies of `lockfile`, installed once into the cache; returns its node_modules.
@@ -206,7 +190,7 @@ fn dev_install(
 ) -> Result<PathBuf> {
     let key = CacheKey::new("dev-install")
         .with("lockfile", Digest::of(lockfile).as_str())
-        .with("node", host_node_version())
+        .with("node", host_node())
         .with("flags", DEV_INSTALL_FLAGS.join(" "));
     let home = cache.store().root().join("dev-deps");
     let done = home.join(key.digest().hex());
@@ -255,11 +239,30 @@ fn copy_tree(tree: &SourceTree, dest: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `node --version` of the node on PATH, which runs build scripts.
-pub fn host_node_version() -> String {
-    std::process::Command::new("node")
-        .arg("--version")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+/// The node on PATH, which runs the scripts, as a cache-key part: its path and stamp.
+fn host_node() -> String {
+    host_node_stamp()
+        .map(|(path, stamp)| format!("{}:{stamp}", path.display()))
         .unwrap_or_default()
+}
+
+/// Runs `script` in the sandbox, its output streamed as progress; a failure names `name`.
+fn run_sandboxed(
+    source: &Path,
+    name: &str,
+    script: &Script,
+    progress: &dyn Progress,
+) -> Result<()> {
+    sandbox::run(script, &mut |line| {
+        progress.step(Step::BuildOutput(line.to_owned()))
+    })
+    .map_err(|failure| {
+        BuildError::BuildScript(Box::new(BuildScriptError {
+            source_dir: source.to_owned(),
+            script: name.to_owned(),
+            command: script.command.to_owned(),
+            problem: failure.problem,
+            output: failure.output,
+        }))
+    })
 }

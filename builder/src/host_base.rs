@@ -108,7 +108,16 @@ fn base_path(host: &str) -> Option<String> {
     Some(format!("usr/{}", rel.strip_prefix("usr/").unwrap_or(rel)))
 }
 
-fn which(bin: &str) -> Option<PathBuf> {
+/// The `node` on PATH, resolved, and a stamp of that binary (size, mtime, inode) that changes
+/// when it is replaced: a stat, cheap enough for a cache key computed on every build.
+pub(crate) fn host_node_stamp() -> Option<(PathBuf, String)> {
+    let real = std::fs::canonicalize(which("node")?).ok()?;
+    let meta = std::fs::metadata(&real).ok()?;
+    let stamp = format!("{}:{}:{}", meta.len(), meta.mtime(), meta.ino());
+    Some((real, stamp))
+}
+
+pub(crate) fn which(bin: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")?
         .to_str()?
         .split(':')

@@ -24,6 +24,8 @@ pub struct Manifest {
     pub package: Value,
     /// Lockfile bytes, if there is one.
     pub lockfile: Option<Vec<u8>>,
+    /// The lockfile parsed (null when absent), read once for everyone who needs it.
+    pub lock: Value,
 }
 
 /// Reads and checks `package.json` and `package-lock.json` of `source`.
@@ -51,10 +53,15 @@ pub fn read(source: &Path) -> Result<Manifest> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
         Err(e) => return Err(kiln_layers::Error::io("read", &lock_path)(e).into()),
     };
-    if let Some(bytes) = &lockfile {
-        check_lockfile(&lock_path, bytes, &package)?;
-    }
-    Ok(Manifest { package, lockfile })
+    let lock = match &lockfile {
+        Some(bytes) => check_lockfile(&lock_path, bytes, &package)?,
+        None => Value::Null,
+    };
+    Ok(Manifest {
+        package,
+        lockfile,
+        lock,
+    })
 }
 
 impl Manifest {
@@ -80,7 +87,8 @@ fn deps(v: &Value, key: &str) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-fn check_lockfile(path: &Path, bytes: &[u8], package: &Value) -> Result<()> {
+/// Parses and checks a lockfile against package.json; returns it parsed.
+fn check_lockfile(path: &Path, bytes: &[u8], package: &Value) -> Result<Value> {
     let lock: Value = serde_json::from_slice(bytes).map_err(|e| BuildError::Lockfile {
         path: path.into(),
         problem: e.to_string(),
@@ -117,7 +125,7 @@ fn check_lockfile(path: &Path, bytes: &[u8], package: &Value) -> Result<()> {
             });
         }
     }
-    Ok(())
+    Ok(lock)
 }
 
 /// Runs `npm ci` for `source` in `scratch` (package.json, lockfile and a source `.npmrc` are

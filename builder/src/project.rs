@@ -77,6 +77,14 @@ impl ProjectConfig {
         })
     }
 
+    /// Time limit of every script kiln runs for this app (build script, install scripts).
+    pub fn script_timeout(&self) -> std::time::Duration {
+        self.build_timeout_secs.map_or(
+            crate::build_step::DEFAULT_TIMEOUT,
+            std::time::Duration::from_secs,
+        )
+    }
+
     /// The build script setting, `flag` first.
     pub fn build_script(&self, flag: &BuildScript) -> BuildScript {
         if *flag != BuildScript::Auto {

@@ -170,10 +170,6 @@ pub fn run(script: &Script, on_line: &mut dyn FnMut(&str)) -> Result<(), Failure
 
 /// The install prefix of the `node` on PATH (`/usr` for `/usr/bin/node`).
 fn node_prefix() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    let node = std::env::split_paths(&path)
-        .map(|d| d.join("node"))
-        .find(|p| p.is_file())?;
-    let real = std::fs::canonicalize(node).ok()?;
+    let (real, _) = crate::host_base::host_node_stamp()?;
     Some(real.parent()?.parent()?.to_owned())
 }

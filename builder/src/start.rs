@@ -55,14 +55,14 @@ pub struct AppFiles<'a> {
 }
 
 /// Chooses and checks the start command of an app that ships `files`.
-/// `flag` is `--start`, `configured` the project config's `start`; `lockfile` the
-/// package-lock.json (for the bins of production dependencies).
+/// `flag` is `--start`, `configured` the project config's `start`; `lock` the parsed
+/// package-lock.json, null without one (for the bins of production dependencies).
 pub fn choose(
     files: &AppFiles,
     package: &Value,
     flag: Option<&str>,
     configured: Option<&str>,
-    lockfile: Option<&[u8]>,
+    lock: &Value,
 ) -> Result<Option<Start>> {
     let script = |name: &str| {
         package
@@ -71,8 +71,8 @@ pub fn choose(
             .and_then(Value::as_str)
             .filter(|s| !s.trim().is_empty())
     };
-    let lock: Option<Value> = lockfile.and_then(|b| serde_json::from_slice(b).ok());
-    let check = |start: &Start| check(files, start, lock.as_ref());
+    let lock = Some(lock).filter(|l| !l.is_null());
+    let check = |start: &Start| check(files, start, lock);
     let given = flag
         .map(|c| ("--start", c))
         .or(configured.map(|c| ("kiln.start", c)));
@@ -332,16 +332,14 @@ mod tests {
             source_dir: dir.path(),
             has: &has,
         };
-        let lock = serde_json::to_vec(&lock()).unwrap();
+        let lock = lock();
         let pkg = json!({"scripts": {"start": "nest start", "start:prod": "node dist/main"}});
-        let start = choose(&files, &pkg, None, None, Some(&lock))
-            .unwrap()
-            .unwrap();
+        let start = choose(&files, &pkg, None, None, &lock).unwrap().unwrap();
         assert_eq!(start.from, "scripts.start:prod");
         assert!(start.needs_env());
 
         let pkg = json!({"scripts": {"start": "nest start"}});
-        let err = choose(&files, &pkg, None, None, Some(&lock))
+        let err = choose(&files, &pkg, None, None, &lock)
             .unwrap_err()
             .to_string();
         assert!(
@@ -350,7 +348,7 @@ mod tests {
                 && err.contains("--start"),
             "{err}"
         );
-        let err = choose(&files, &pkg, Some("node dist/nope"), None, Some(&lock))
+        let err = choose(&files, &pkg, Some("node dist/nope"), None, &lock)
             .unwrap_err()
             .to_string();
         assert!(
