@@ -57,6 +57,15 @@ fn build_app(dir: &Path, tmp: &Path, extra: &[&str]) -> Output {
         .unwrap()
 }
 
+/// Rewrites `dir`'s package.json after `change`.
+fn edit_package_json(dir: &Path, change: impl FnOnce(&mut serde_json::Value)) {
+    let path = dir.join("package.json");
+    let mut pkg: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    change(&mut pkg);
+    std::fs::write(&path, serde_json::to_vec_pretty(&pkg).unwrap()).unwrap();
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -184,11 +193,9 @@ fn koa_generator_app_builds_and_answers() {
 fn allowlisted_install_scripts_run_in_the_sandbox_and_the_rest_are_named() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = app_copy("koa", tmp.path());
-    let pkg_path = dir.join("package.json");
-    let mut pkg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&pkg_path).unwrap()).unwrap();
-    pkg["kiln"] = serde_json::json!({"allowScripts": ["core-js", "left-pad"]});
-    std::fs::write(&pkg_path, serde_json::to_vec_pretty(&pkg).unwrap()).unwrap();
+    edit_package_json(&dir, |pkg| {
+        pkg["kiln"] = serde_json::json!({"allowScripts": ["core-js", "left-pad"]});
+    });
     let out = build_app(&dir, tmp.path(), &[]);
     let err = stderr(&out);
     assert!(out.status.success(), "{err}");
@@ -298,11 +305,9 @@ fn nest_app_runs_its_build_script_and_ships_dist_without_dev_dependencies() {
 fn a_start_needing_a_dev_dependency_fails_the_build_naming_the_fix() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = app_copy("nest", tmp.path());
-    let pkg_path = dir.join("package.json");
-    let mut pkg: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(&pkg_path).unwrap()).unwrap();
-    pkg["scripts"].as_object_mut().unwrap().remove("start:prod");
-    std::fs::write(&pkg_path, serde_json::to_vec_pretty(&pkg).unwrap()).unwrap();
+    edit_package_json(&dir, |pkg| {
+        pkg["scripts"].as_object_mut().unwrap().remove("start:prod");
+    });
     let out = build_app(&dir, tmp.path(), &[]);
     let err = stderr(&out);
     assert!(!out.status.success(), "{err}");
