@@ -5,10 +5,16 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use kiln_builder::pull::{host_platform, parse_platform, pull_image};
-use kiln_builder::push::{Pushed, push_image};
+use kiln_builder::project::ProjectConfig;
+use kiln_builder::pull::{host_platform, parse_platform};
 use kiln_builder::registry::{Registry, RegistryOptions, RetryPolicy};
-use kiln_builder::{BaseSource, BuildRequest, BuildScript, Built, Step, output};
+use kiln_builder::{
+    BaseRef, BaseSource, BuildRequest, BuildScript, Built, Destination, Published, Step,
+};
+
+use display::Display;
+
+mod display;
 
 #[derive(Parser)]
 #[command(
@@ -71,9 +77,8 @@ struct RebaseArgs {
     /// Print the new revision(s) as JSON.
     #[arg(long)]
     json: bool,
-    /// NATS server URL.
-    #[arg(long, env = "KILN_NATS", default_value = "nats://127.0.0.1:4222")]
-    nats: String,
+    #[command(flatten)]
+    nats: NatsArgs,
     #[command(flatten)]
     registry_args: RegistryArgs,
     #[command(flatten)]
@@ -110,16 +115,14 @@ struct ServiceOut {
     /// Write the Knative Service YAML here instead of stdout.
     #[arg(long)]
     out: Option<PathBuf>,
-    /// NATS server URL.
-    #[arg(long, env = "KILN_NATS", default_value = "nats://127.0.0.1:4222")]
-    nats: String,
+    #[command(flatten)]
+    nats: NatsArgs,
 }
 
 #[derive(clap::Args)]
 struct WorkerArgs {
-    /// NATS server URL.
-    #[arg(long, env = "KILN_NATS", default_value = "nats://127.0.0.1:4222")]
-    nats: String,
+    #[command(flatten)]
+    nats: NatsArgs,
     /// Registry (`host[:port]`) the images go to.
     #[arg(long, env = "KILN_REGISTRY")]
     registry: String,
@@ -157,9 +160,8 @@ struct SubmitArgs {
     /// App name (DNS-1123 label).
     #[arg(long)]
     app: String,
-    /// NATS server URL.
-    #[arg(long, env = "KILN_NATS", default_value = "nats://127.0.0.1:4222")]
-    nats: String,
+    #[command(flatten)]
+    nats: NatsArgs,
     /// Runtime: faas, sma or app (detected by the worker when absent).
     #[arg(long)]
     runtime: Option<String>,
@@ -204,9 +206,8 @@ struct SubmitArgs {
 struct RevisionsArgs {
     /// App name.
     app: String,
-    /// NATS server URL.
-    #[arg(long, env = "KILN_NATS", default_value = "nats://127.0.0.1:4222")]
-    nats: String,
+    #[command(flatten)]
+    nats: NatsArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -248,10 +249,29 @@ struct BuildArgs {
     /// Run no build step.
     #[arg(long)]
     no_build: bool,
+    /// Print progress and the result as JSON lines on stdout (`{"event":…}` per step, then
+    /// `{"built":…}` with the digest and every layer's kind, cache key, hit and time).
+    #[arg(long)]
+    json: bool,
     #[command(flatten)]
     registry: RegistryArgs,
     #[command(flatten)]
     common: Common,
+}
+
+/// Where the queue is: one flag for every command that talks to NATS.
+#[derive(clap::Args)]
+struct NatsArgs {
+    /// NATS server URL.
+    #[arg(long, env = "KILN_NATS", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+}
+
+impl NatsArgs {
+    /// Connects, making sure every stream and bucket exists.
+    async fn connect(&self) -> Result<kiln_queue::Queue> {
+        Ok(kiln_queue::Queue::connect(&self.nats).await?)
+    }
 }
 
 #[derive(clap::Args)]
@@ -399,8 +419,8 @@ fn run(cli: Cli) -> Result<()> {
             let store = kiln_layers::BlobStore::open_or_create(&cache_dir)?;
             let (name, desc, _) = kiln_builder::host_base::host_base(&store, node.as_deref())?;
             let base = kiln_builder::image::Base::load(&store, &name, desc.clone())?;
-            let built = Built::new(store, desc, &base.manifest);
-            publish(&built, layout.as_deref(), &tag, to.as_deref(), &registry)
+            let built = Built::unrecorded(store, desc, base.manifest);
+            publish_base(&built, layout.as_deref(), &tag, to.as_deref(), &registry)
         }
         Command::Worker(args) => worker(args),
         Command::Submit(args) => submit(args),
@@ -451,7 +471,7 @@ fn run(cli: Cli) -> Result<()> {
                 &|step: Step| eprintln!("{step}"),
             )?;
             let tag = tag.unwrap_or_else(|| format!("runtime-{runtime}"));
-            publish(&built, layout.as_deref(), &tag, to.as_deref(), &registry)
+            publish_base(&built, layout.as_deref(), &tag, to.as_deref(), &registry)
         }
     }
 }
@@ -476,7 +496,7 @@ fn worker(args: WorkerArgs) -> Result<()> {
         limits: kiln_layers::ExtractLimits::default(),
     };
     runtime()?.block_on(async move {
-        let queue = kiln_queue::Queue::connect(&args.nats).await?;
+        let queue = args.nats.connect().await?;
         let metrics = std::sync::Arc::new(kiln_queue::metrics::Metrics::default());
         if let Some(addr) = &args.metrics {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -495,7 +515,7 @@ fn worker(args: WorkerArgs) -> Result<()> {
         };
         eprintln!(
             "worker {} on {} (jobs: {})",
-            opts.name, args.nats, opts.jobs
+            opts.name, args.nats.nats, opts.jobs
         );
         kiln_queue::worker::run(queue, opts, metrics, shutdown).await?;
         Ok(())
@@ -503,13 +523,17 @@ fn worker(args: WorkerArgs) -> Result<()> {
 }
 
 fn submit(args: SubmitArgs) -> Result<()> {
-    use kiln_queue::EventKind;
     let scratch = cache_dir(args.common.cache_dir)?.join("submit");
+    // The project's base travels in the job: the worker resolves it like --base.
+    let base = match args.base {
+        Some(base) => Some(base),
+        None => ProjectConfig::load(&args.dir)?.base,
+    };
     let submission = kiln_queue::submit::Submission {
         dir: args.dir,
         app: args.app,
         runtime: args.runtime,
-        base: args.base,
+        base,
         env: args.env,
         job_id: args
             .job_id
@@ -525,7 +549,7 @@ fn submit(args: SubmitArgs) -> Result<()> {
     };
     let job_id = submission.job_id.clone().expect("set");
     runtime()?.block_on(async move {
-        let queue = kiln_queue::Queue::connect(&args.nats).await?;
+        let queue = args.nats.connect().await?;
         let events = kiln_queue::submit::subscribe(&queue, &job_id).await?;
         let (job, duplicate) = kiln_queue::submit::submit(&queue, &submission, &scratch).await?;
         eprintln!(
@@ -539,38 +563,12 @@ fn submit(args: SubmitArgs) -> Result<()> {
             println!("{}", job.job_id);
             return Ok(());
         }
-        let last = kiln_queue::submit::follow(
-            &queue,
-            events,
-            &job,
-            std::time::Duration::from_secs(args.timeout_secs),
-            |event| match &event.kind {
-                EventKind::Accepted => eprintln!("accepted"),
-                EventKind::Building { worker, attempt } => {
-                    eprintln!("building on {worker} (attempt {attempt})")
-                }
-                EventKind::Step { text } => eprintln!("{text}"),
-                EventKind::Pushed { image } => eprintln!("pushed {image}"),
-                EventKind::Revision { revision } => eprintln!("revision {}", revision.name),
-                EventKind::Failed { reason, retryable } => eprintln!(
-                    "failed{}: {reason}",
-                    if *retryable { " (will retry)" } else { "" }
-                ),
-            },
-        )
+        let timeout = std::time::Duration::from_secs(args.timeout_secs);
+        let revision = kiln_queue::submit::wait(&queue, events, &job, timeout, |event| {
+            eprintln!("{}", event.kind)
+        })
         .await?;
-        match last.kind {
-            EventKind::Revision { revision } => {
-                if args.json {
-                    println!("{}", serde_json::to_string_pretty(&revision)?);
-                } else {
-                    println!("{}", revision.name);
-                }
-                Ok(())
-            }
-            EventKind::Failed { reason, .. } => bail!("job {} failed: {reason}", job.job_id),
-            _ => unreachable!("follow returns a revision or a failure"),
-        }
+        print_revision(&revision, args.json)
     })
 }
 
@@ -579,163 +577,58 @@ fn rebase(args: RebaseArgs) -> Result<()> {
     let cache_dir = cache_dir(args.common.cache_dir.clone())?;
     let registry = args.registry_args.registry();
     runtime()?.block_on(async move {
-        let queue = kiln_queue::Queue::connect(&args.nats).await?;
+        let queue = args.nats.connect().await?;
+        let store = kiln_layers::BlobStore::open_or_create(&cache_dir)?;
         if let (Some(runtime), Some(to)) = (&args.runtime, &args.to) {
-            // Apps already on the target (same manifest digest) are left as they are.
-            let store = kiln_layers::BlobStore::open_or_create(&cache_dir)?;
-            let (_, target, _) =
-                kiln_builder::pull::pull_metadata(&registry, to, &platform, &store).await?;
-            let target = target.digest.to_string();
-            return rebase_runtime(&queue, runtime, to, &target, args.timeout_secs, args.json)
-                .await;
+            let request = kiln_queue::rebase_all::Request {
+                runtime,
+                to,
+                timeout: std::time::Duration::from_secs(args.timeout_secs),
+            };
+            let outcome =
+                kiln_queue::rebase_all::run(&queue, &registry, &store, &platform, &request, |p| {
+                    eprintln!("{p}")
+                })
+                .await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&outcome.rebased)?);
+            }
+            if !outcome.failed.is_empty() {
+                bail!("{} rebase jobs failed", outcome.failed.len());
+            }
+            return Ok(());
         }
         let app = args.app.as_deref().expect("clap requires APP");
         let base = args
             .runtime_base
             .as_deref()
             .context("give --runtime-base REF")?;
-        let old = match &args.revision {
-            Some(r) => kiln_queue::revisions::by_name(&queue, r).await?,
-            None => {
-                let n = kiln_queue::revisions::latest_number(&queue, app).await?;
-                kiln_queue::revisions::get(&queue, app, n).await?
-            }
-        }
-        .with_context(|| format!("app {app:?} has no such revision"))?;
-        let job = kiln_queue::rebase::job_for(&old, base);
-        let store = kiln_layers::BlobStore::open_or_create(&cache_dir)?;
-        let revision = kiln_queue::rebase::rebase_revision(
-            &queue,
-            &registry,
-            &store,
-            &platform,
-            &job,
-            std::time::Instant::now(),
+        let revision = args.revision.as_deref();
+        let kiln_queue::rebase::Rebased { old, new } = kiln_queue::rebase::rebase_app(
+            &queue, &registry, &store, &platform, app, revision, base,
         )
         .await?;
         eprintln!(
             "{} -> {}: {} on {}",
-            old.name, revision.name, revision.image, revision.base
+            old.name, new.name, new.image, new.base
         );
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&revision)?);
-        } else {
-            println!("{}", revision.name);
-        }
-        Ok(())
+        print_revision(&new, args.json)
     })
 }
 
-/// Queues a rebase job for every app on `runtime` and follows them to the end.
-async fn rebase_runtime(
-    queue: &kiln_queue::Queue,
-    runtime: &str,
-    to: &str,
-    to_digest: &str,
-    timeout_secs: u64,
-    json: bool,
-) -> Result<()> {
-    use futures_util::StreamExt;
-    use kiln_queue::EventKind;
-    let started = std::time::Instant::now();
-    let (already, apps): (Vec<_>, Vec<_>) = kiln_queue::rebase::apps_on_runtime(queue, runtime)
-        .await?
-        .into_iter()
-        .partition(|r| r.base_digest == to_digest);
-    if !already.is_empty() {
-        eprintln!(
-            "{} apps already on {to}: {}",
-            already.len(),
-            already
-                .iter()
-                .map(|r| r.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-    }
-    if apps.is_empty() {
-        if already.is_empty() {
-            bail!("no app's latest revision runs on runtime {runtime:?}");
-        }
-        if json {
-            println!("[]");
-        }
-        return Ok(());
-    }
-    let mut events = queue
-        .client
-        .subscribe("kiln.events.>")
-        .await
-        .context("subscribing to events")?;
-    let jobs: Vec<_> = apps
-        .iter()
-        .map(|revision| kiln_queue::rebase::job_for(revision, to))
-        .collect();
-    let mut pending: std::collections::BTreeMap<String, String> = jobs
-        .iter()
-        .map(|job| (job.job_id.clone(), job.revision.clone().unwrap_or_default()))
-        .collect();
-    kiln_queue::rebase::publish_all(queue, &jobs).await?;
-    eprintln!("queued {} rebase jobs onto {to}", pending.len());
-    let total = pending.len();
-    let mut done = Vec::new();
-    let mut failed = Vec::new();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(timeout_secs);
-    while !pending.is_empty() {
-        let Ok(Some(message)) = tokio::time::timeout_at(deadline, events.next()).await else {
-            bail!(
-                "{} of {total} rebase jobs unfinished after {timeout_secs} s",
-                pending.len()
-            );
-        };
-        let Ok(event) = serde_json::from_slice::<kiln_queue::Event>(&message.payload) else {
-            continue;
-        };
-        let Some(from) = pending.get(&event.job_id).cloned() else {
-            continue;
-        };
-        match event.kind {
-            EventKind::Revision { revision } => {
-                pending.remove(&event.job_id);
-                eprintln!(
-                    "[{}/{total}] {from} -> {}",
-                    done.len() + failed.len() + 1,
-                    revision.name
-                );
-                done.push(*revision);
-            }
-            EventKind::Failed {
-                reason,
-                retryable: false,
-            } => {
-                pending.remove(&event.job_id);
-                eprintln!(
-                    "[{}/{total}] {from} failed: {reason}",
-                    done.len() + failed.len() + 1
-                );
-                failed.push((from, reason));
-            }
-            _ => {}
-        }
-    }
-    eprintln!(
-        "rebased {} of {total} apps on {runtime} in {:.2} s; {} failed",
-        done.len(),
-        started.elapsed().as_secs_f64(),
-        failed.len()
-    );
+/// Prints a new revision: its name, or with `json` the whole record.
+fn print_revision(revision: &kiln_queue::Revision, json: bool) -> Result<()> {
     if json {
-        println!("{}", serde_json::to_string_pretty(&done)?);
-    }
-    if !failed.is_empty() {
-        bail!("{} rebase jobs failed", failed.len());
+        println!("{}", serde_json::to_string_pretty(revision)?);
+    } else {
+        println!("{}", revision.name);
     }
     Ok(())
 }
 
 fn traffic(app: &str, op: kiln_queue::traffic::Operation, out: &ServiceOut) -> Result<()> {
     runtime()?.block_on(async move {
-        let queue = kiln_queue::Queue::connect(&out.nats).await?;
+        let queue = out.nats.connect().await?;
         let event = kiln_queue::traffic::apply(&queue, app, &op).await?;
         let yaml = kiln_queue::knative::to_yaml(&event.service);
         for t in &event.traffic.targets {
@@ -757,66 +650,65 @@ fn traffic(app: &str, op: kiln_queue::traffic::Operation, out: &ServiceOut) -> R
 }
 
 fn list_revisions(args: RevisionsArgs) -> Result<()> {
+    use kiln_queue::display::{revisions_json, revisions_table};
     runtime()?.block_on(async move {
-        let queue = kiln_queue::Queue::connect(&args.nats).await?;
+        let queue = args.nats.connect().await?;
         let all = kiln_queue::revisions::list(&queue, &args.app).await?;
         let traffic = kiln_queue::traffic::current(&queue, &args.app).await?;
         if args.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(
-                    &serde_json::json!({"revisions": all, "traffic": traffic})
-                )?
-            );
+            let json = revisions_json(&all, &traffic);
+            println!("{}", serde_json::to_string_pretty(&json)?);
             return Ok(());
         }
         if all.is_empty() {
             bail!("app {:?} has no revisions", args.app);
         }
-        println!(
-            "{:<20} {:<19} {:<8} {:<19} {:<20} TRAFFIC",
-            "REVISION", "IMAGE DIGEST", "RUNTIME", "BASE", "CREATED"
-        );
-        let short = |d: &str| d.get(..19).unwrap_or(d).to_owned();
-        for r in all {
-            let share = traffic
-                .targets
-                .iter()
-                .find(|t| t.revision == r.name)
-                .map(|t| match &t.tag {
-                    Some(tag) => format!("{}% ({tag})", t.percent),
-                    None => format!("{}%", t.percent),
-                })
-                .unwrap_or_default();
-            println!(
-                "{:<20} {:<19} {:<8} {:<19} {:<20} {share}",
-                r.name,
-                short(&r.digest),
-                r.runtime,
-                short(&r.base_digest),
-                r.created
-            );
-        }
+        print!("{}", revisions_table(&all, &traffic));
         Ok(())
     })
 }
 
-/// Writes `built` to a layout and/or pushes it, then prints its digest.
+/// Publishes `built` to `destinations`, saying what each one got.
 fn publish(
+    built: &Built,
+    destinations: &[Destination],
+    registry: &RegistryArgs,
+    display: &Display,
+) -> Result<Vec<Published>> {
+    let published = runtime()?.block_on(kiln_builder::publish(
+        built,
+        destinations,
+        &registry.registry(),
+    ))?;
+    for done in &published {
+        match &done.pushed {
+            None => display.line(&format!("wrote {}", done.destination)),
+            Some(p) => display.line(&format!(
+                "pushed {}: {} blobs present, {} mounted, {} uploaded ({} bytes)",
+                p.reference, p.present, p.mounted, p.uploaded, p.uploaded_bytes
+            )),
+        }
+    }
+    Ok(published)
+}
+
+/// Writes a base or runtime base to a layout and/or pushes it, then prints its digest.
+fn publish_base(
     built: &Built,
     layout: Option<&std::path::Path>,
     tag: &str,
     to: Option<&str>,
     registry: &RegistryArgs,
 ) -> Result<()> {
-    if let Some(layout) = layout {
-        output::write_layout(built, layout, tag)
-            .with_context(|| format!("writing OCI layout {}", layout.display()))?;
-        eprintln!("wrote {}:{tag}", layout.display());
-    }
-    if let Some(target) = to {
-        push(built, target, registry)?;
-    }
+    let mut destinations: Vec<Destination> = layout
+        .map(|dir| Destination::Layout {
+            dir: dir.to_owned(),
+            tag: tag.to_owned(),
+        })
+        .into_iter()
+        .collect();
+    destinations.extend(to.map(|r| Destination::Registry(r.to_owned())));
+    publish(built, &destinations, registry, &Display::Plain)?;
     println!("{}", built.manifest.digest);
     Ok(())
 }
@@ -835,17 +727,8 @@ fn runtime() -> Result<&'static tokio::runtime::Runtime> {
     Ok(RUNTIME.get_or_init(|| rt))
 }
 
-fn push(built: &Built, target: &str, args: &RegistryArgs) -> Result<()> {
-    let registry = args.registry();
-    let pushed: Pushed = runtime()?.block_on(push_image(&registry, built, target))?;
-    eprintln!(
-        "pushed {}: {} blobs present, {} mounted, {} uploaded ({} bytes)",
-        pushed.reference, pushed.present, pushed.mounted, pushed.uploaded, pushed.uploaded_bytes
-    );
-    Ok(())
-}
-
-/// The base named on the command line; a registry base is pulled into the cache first.
+/// The base named on the command line (or in the project config); a registry base is pulled
+/// into the cache first.
 fn base_source(
     base: Option<&str>,
     args: &RegistryArgs,
@@ -854,25 +737,10 @@ fn base_source(
     let Some(reference) = base else {
         return Ok(BaseSource::Host(None));
     };
-    if let Some(rest) = reference.strip_prefix("oci:") {
-        let (path, tag) = rest
-            .split_once(':')
-            .with_context(|| format!("base {reference:?}: expected oci:DIR:TAG"))?;
-        return Ok(BaseSource::Layout {
-            path: path.into(),
-            tag: tag.into(),
-        });
-    }
-    let platform = args.platform()?;
+    let base = BaseRef::parse(reference)?;
     let store = kiln_layers::BlobStore::open_or_create(cache_dir)?;
-    let registry = args.registry();
-    let (name, manifest, cache_hit) =
-        runtime()?.block_on(pull_image(&registry, reference, &platform, &store))?;
-    Ok(BaseSource::Stored {
-        name,
-        manifest,
-        cache_hit,
-    })
+    let (registry, platform) = (args.registry(), args.platform()?);
+    Ok(runtime()?.block_on(base.resolve(&registry, &platform, &store))?)
 }
 
 fn build(args: BuildArgs) -> Result<()> {
@@ -883,7 +751,15 @@ fn build(args: BuildArgs) -> Result<()> {
         kiln_builder::registry::parse_reference(image)?;
     }
     let cache_dir = cache_dir(args.common.cache_dir)?;
-    let base = base_source(args.base.as_deref(), &args.registry, &cache_dir)?;
+    let config = ProjectConfig::load(&args.dir)?;
+    let base = base_source(
+        args.base
+            .as_ref()
+            .or(config.base.as_ref())
+            .map(String::as_str),
+        &args.registry,
+        &cache_dir,
+    )?;
     let tag = match args.tag {
         Some(tag) => tag,
         None => {
@@ -907,20 +783,34 @@ fn build(args: BuildArgs) -> Result<()> {
             (false, None) => BuildScript::Auto,
         },
     };
-    let progress = |step: Step| eprintln!("{step}");
-    let built: Built = kiln_builder::build(&request, &progress)?;
-    if let Some(tarball) = &args.tarball {
-        output::write_archive(&built, tarball, &tag)
-            .with_context(|| format!("writing OCI archive {}", tarball.display()))?;
-        eprintln!("wrote {}", tarball.display());
+    let display = Display::new(args.json);
+    let built = kiln_builder::build(&request, &display);
+    display.finish();
+    let built: Built = built?;
+    let mut destinations = Vec::new();
+    if let Some(path) = args.tarball.clone() {
+        let tag = tag.clone();
+        destinations.push(Destination::Archive { path, tag });
     }
-    publish(
-        &built,
-        args.layout.as_deref(),
-        &tag,
-        args.image.as_deref(),
-        &args.registry,
-    )
+    if let Some(dir) = args.layout.clone() {
+        let tag = tag.clone();
+        destinations.push(Destination::Layout { dir, tag });
+    }
+    destinations.extend(args.image.clone().map(Destination::Registry));
+    let published = publish(&built, &destinations, &args.registry, &display)?;
+    if args.json {
+        let result = serde_json::json!({ "built": {
+            "digest": built.manifest.digest,
+            "runtime": built.runtime,
+            "base": built.base_name,
+            "layers": built.layers,
+            "published": published,
+        }});
+        println!("{}", serde_json::to_string(&result)?);
+    } else {
+        println!("{}", built.manifest.digest);
+    }
+    Ok(())
 }
 
 fn cache_dir(given: Option<PathBuf>) -> Result<PathBuf> {

@@ -506,3 +506,103 @@ fn a_hostile_build_script_gets_no_secret_network_or_escape_and_is_stopped() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// `kiln build --json` of `dir` on the base `oci:LAYOUT:TAG` with cache `cache`: the final
+/// `built` object, after checking it against the image the layout holds.
+fn build_json(dir: &Path, base: &str, cache: &Path, out: &Path) -> serde_json::Value {
+    let output = kiln_cmd(cache, &real_apps().join("npm-cache"))
+        .arg("build")
+        .arg(dir)
+        .args(["--base", base, "--json", "--tag", "app:test", "--layout"])
+        .arg(out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", stderr(&output));
+    let lines: Vec<serde_json::Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l:?}")))
+        .collect();
+    let (built, events) = lines.split_last().unwrap();
+    assert!(
+        events.iter().all(|e| e["event"]["step"].is_string()),
+        "{stdout}"
+    );
+    let built = built["built"].clone();
+    // The records are the image's layers, in order.
+    let store = kiln_layers::BlobStore::open(out).unwrap();
+    let manifest = store.resolve("app:test").unwrap();
+    assert_eq!(built["digest"], manifest.digest.to_string());
+    let image: kiln_layers::ImageManifest =
+        serde_json::from_slice(&store.read_blob(&manifest.digest).unwrap()).unwrap();
+    let recorded: Vec<&str> = built["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["descriptor"]["digest"].as_str().unwrap())
+        .collect();
+    let layers: Vec<String> = image.layers.iter().map(|l| l.digest.to_string()).collect();
+    assert_eq!(recorded, layers);
+    built
+}
+
+/// The record of the layer of `kind` in a `built` object.
+fn layer_of<'a>(built: &'a serde_json::Value, kind: &str) -> &'a serde_json::Value {
+    built["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["kind"] == kind)
+        .unwrap_or_else(|| panic!("no {kind} layer in {built}"))
+}
+
+#[test]
+fn deps_are_keyed_by_node_abi_only_when_native_code_may_be_there() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    // Base A: from this machine. Base B: the same with another Node ABI on its label.
+    let bases = tmp.path().join("bases");
+    let made = kiln_cmd(&cache, &real_apps().join("npm-cache"))
+        .args(["base", "from-host", "--tag", "a", "--layout"])
+        .arg(&bases)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", stderr(&made));
+    let store = kiln_layers::BlobStore::open(&bases).unwrap();
+    let a = store.resolve("a").unwrap();
+    let image: kiln_layers::ImageManifest =
+        serde_json::from_slice(&store.read_blob(&a.digest).unwrap()).unwrap();
+    let mut config: kiln_layers::ImageConfig =
+        serde_json::from_slice(&store.read_blob(&image.config.digest).unwrap()).unwrap();
+    let labels = config.config.labels.as_mut().unwrap();
+    assert!(labels.contains_key("dev.kiln.node.abi"), "{labels:?}");
+    labels.insert("dev.kiln.node.abi".into(), "999".into());
+    let (b, _) = store
+        .write_image(&config, image.layers.clone(), image.annotations.clone())
+        .unwrap();
+    store.tag("b", &b).unwrap();
+    let base = |tag: &str| format!("oci:{}:{tag}", bases.display());
+
+    // express: no install script, no os/cpu constraint: one deps layer for both ABIs.
+    let express = app_copy("express", tmp.path());
+    let on_a = build_json(&express, &base("a"), &cache, &tmp.path().join("ea"));
+    let on_b = build_json(&express, &base("b"), &cache, &tmp.path().join("eb"));
+    let (deps_a, deps_b) = (layer_of(&on_a, "deps"), layer_of(&on_b, "deps"));
+    assert_eq!(deps_a["cache_hit"], false, "{on_a}");
+    assert_eq!(deps_b["cache_hit"], true, "{on_b}");
+    assert_eq!(deps_a["cache_key"], deps_b["cache_key"]);
+    assert_eq!(layer_of(&on_b, "app")["cache_hit"], true, "{on_b}");
+    assert_eq!(layer_of(&on_a, "base")["cache_hit"], true);
+
+    // sharp: platform-specific prebuilds: a deps layer per ABI.
+    let sharp = app_copy("sharp", tmp.path());
+    let on_a = build_json(&sharp, &base("a"), &cache, &tmp.path().join("sa"));
+    let on_b = build_json(&sharp, &base("b"), &cache, &tmp.path().join("sb"));
+    let (deps_a, deps_b) = (layer_of(&on_a, "deps"), layer_of(&on_b, "deps"));
+    assert_eq!(deps_a["cache_hit"], false, "{on_a}");
+    assert_eq!(deps_b["cache_hit"], false, "{on_b}");
+    assert_ne!(deps_a["cache_key"], deps_b["cache_key"]);
+    let again = build_json(&sharp, &base("a"), &cache, &tmp.path().join("sa2"));
+    assert_eq!(layer_of(&again, "deps")["cache_key"], deps_a["cache_key"]);
+    assert_eq!(layer_of(&again, "deps")["cache_hit"], true, "{again}");
+}

@@ -433,3 +433,84 @@ fn a_cache_left_by_a_crash_mid_write_still_builds() {
     assert_eq!(first.stdout, second.stdout, "same image after recovery");
     validate_layout(&BlobStore::open(tmp.path().join("b")).unwrap()).unwrap();
 }
+
+#[test]
+fn kiln_toml_gives_the_base_and_environment_and_flags_win() {
+    let tmp = tempfile::tempdir().unwrap();
+    let npm = npm_cache(tmp.path());
+    let cache = tmp.path().join("cache");
+    let bases = tmp.path().join("bases");
+    let made = kiln_cmd(&cache, &npm)
+        .args(["base", "from-host", "--tag", "node", "--layout"])
+        .arg(&bases)
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let app = tmp.path().join("app");
+    std::fs::create_dir(&app).unwrap();
+    for file in ["index.js", "package.json"] {
+        std::fs::copy(root().join("fixtures/app-plain").join(file), app.join(file)).unwrap();
+    }
+    let base = format!("oci:{}:node", bases.display());
+    std::fs::write(
+        app.join("kiln.toml"),
+        format!("base = \"{base}\"\n[env]\nGREETING = \"from kiln.toml\"\n"),
+    )
+    .unwrap();
+    let build = |extra: &[&str]| {
+        let out = kiln_cmd(&cache, &npm)
+            .arg("build")
+            .arg(&app)
+            .args(["--tag", "x", "--layout"])
+            .arg(tmp.path().join("out"))
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}");
+        err
+    };
+    let err = build(&[]);
+    assert!(err.contains(&format!("base: {base} ")), "{err}");
+    let store = BlobStore::open(tmp.path().join("out")).unwrap();
+    let manifest = store.resolve("x").unwrap();
+    let image: kiln_layers::ImageManifest =
+        serde_json::from_slice(&store.read_blob(&manifest.digest).unwrap()).unwrap();
+    let config: kiln_layers::ImageConfig =
+        serde_json::from_slice(&store.read_blob(&image.config.digest).unwrap()).unwrap();
+    let env = config.config.env.unwrap_or_default();
+    assert!(
+        env.contains(&"GREETING=from kiln.toml".to_owned()),
+        "{env:?}"
+    );
+    // A flag wins over the file.
+    let err = build(&["--env", "GREETING=flag"]);
+    assert!(err.contains(&format!("base: {base} ")), "{err}");
+    let manifest = store.resolve("x").unwrap();
+    let image: kiln_layers::ImageManifest =
+        serde_json::from_slice(&store.read_blob(&manifest.digest).unwrap()).unwrap();
+    let config: kiln_layers::ImageConfig =
+        serde_json::from_slice(&store.read_blob(&image.config.digest).unwrap()).unwrap();
+    let env = config.config.env.unwrap_or_default();
+    assert!(env.contains(&"GREETING=flag".to_owned()), "{env:?}");
+    assert!(
+        !env.iter().any(|e| e == "GREETING=from kiln.toml"),
+        "{env:?}"
+    );
+
+    // Settings in two places, or a misspelt one, fail naming the file.
+    std::fs::write(app.join("kiln.toml"), "strat = \"node index.js\"\n").unwrap();
+    let out = kiln_cmd(&cache, &npm)
+        .arg("build")
+        .arg(&app)
+        .args(["--layout"])
+        .arg(tmp.path().join("out"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("kiln.toml") && err.contains("unknown setting `strat`"),
+        "{err}"
+    );
+}

@@ -41,27 +41,48 @@ pub struct Chosen {
     pub command: String,
 }
 
-/// The build script `choice` selects from `package`'s scripts, if any.
+/// The build script `choice` selects from `package`'s scripts, if any. As with `npm run`, its
+/// `pre<name>` and `post<name>` scripts run before and after it (each must succeed).
 pub fn choose(source: &Path, package: &Value, choice: &BuildScript) -> Result<Option<Chosen>> {
     let script = |name: &str| {
         package
             .get("scripts")
             .and_then(|s| s.get(name))
             .and_then(Value::as_str)
-            .map(|command| Chosen {
+            .filter(|command| !command.trim().is_empty())
+    };
+    let with_hooks = |name: &str| {
+        script(name).map(|command| {
+            let (pre, post) = (
+                script(&format!("pre{name}")),
+                script(&format!("post{name}")),
+            );
+            let command = match (pre, post) {
+                (None, None) => command.to_owned(),
+                _ => [pre, Some(command), post]
+                    .into_iter()
+                    .flatten()
+                    .map(|c| format!("({c})"))
+                    .collect::<Vec<_>>()
+                    .join(" && "),
+            };
+            Chosen {
                 name: name.to_owned(),
-                command: command.to_owned(),
-            })
+                command,
+            }
+        })
     };
     match choice {
         BuildScript::Off => Ok(None),
-        BuildScript::Auto => Ok(script("build").filter(|s| !s.command.trim().is_empty())),
-        BuildScript::Named(name) => script(name)
-            .map(Some)
-            .ok_or_else(|| BuildError::PackageJson {
-                path: source.join("package.json"),
-                problem: format!("no script \"{name}\" to run as the build step"),
-            }),
+        BuildScript::Auto => Ok(with_hooks("build")),
+        BuildScript::Named(name) => {
+            with_hooks(name)
+                .map(Some)
+                .ok_or_else(|| BuildError::PackageJson {
+                    path: source.join("package.json"),
+                    problem: format!("no script \"{name}\" to run as the build step"),
+                })
+        }
     }
 }
 
@@ -265,4 +286,34 @@ fn run_sandboxed(
             output: failure.output,
         }))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pre_and_post_scripts_run_around_the_build_script() {
+        let pkg = serde_json::json!({"scripts": {
+            "prebuild": "rimraf dist", "build": "tsc || exit 1", "postbuild": "cp a dist/",
+            "bundle": "esbuild x"}});
+        let chosen = choose(Path::new("/s"), &pkg, &BuildScript::Auto)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            chosen.command,
+            "(rimraf dist) && (tsc || exit 1) && (cp a dist/)"
+        );
+        let named = choose(Path::new("/s"), &pkg, &BuildScript::Named("bundle".into()))
+            .unwrap()
+            .unwrap();
+        assert_eq!(named.command, "esbuild x");
+        assert!(choose(Path::new("/s"), &pkg, &BuildScript::Named("nope".into())).is_err());
+        let blank = serde_json::json!({"scripts": {"build": " "}});
+        assert!(
+            choose(Path::new("/s"), &blank, &BuildScript::Auto)
+                .unwrap()
+                .is_none()
+        );
+    }
 }

@@ -25,6 +25,14 @@ pub enum BuildError {
         /// What is wrong.
         problem: String,
     },
+    /// The project config (`kiln.toml`) is not valid.
+    #[error("{path}: {problem}")]
+    ProjectConfig {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+    },
     /// `package-lock.json` is not valid.
     #[error("{path}: invalid lockfile: {problem}")]
     Lockfile {

@@ -64,6 +64,20 @@ impl Base {
         })
     }
 
+    /// The diff id of the base's layer `layer`.
+    pub fn diff_id_of(&self, layer: &Descriptor) -> Result<kiln_layers::Digest> {
+        self.manifest
+            .layers
+            .iter()
+            .position(|l| l.digest == layer.digest)
+            .and_then(|i| self.config.rootfs.diff_ids.get(i))
+            .cloned()
+            .ok_or_else(|| BuildError::Base {
+                reference: self.name.clone(),
+                problem: format!("layer {} has no diff id in its config", layer.digest),
+            })
+    }
+
     /// A config label of the base.
     pub fn label(&self, key: &str) -> Option<&str> {
         self.config

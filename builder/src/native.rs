@@ -22,6 +22,21 @@ pub fn skipped_install_scripts(lock: &Value) -> Vec<String> {
     names
 }
 
+/// Whether a v2/v3 lockfile's production packages may carry native code: an install script
+/// (a `binding.gyp` counts as one) or os/cpu/libc constraints (platform-specific prebuilds).
+pub fn lockfile_may_have_native_code(lock: &Value) -> bool {
+    let Some(packages) = lock.get("packages").and_then(Value::as_object) else {
+        return false;
+    };
+    packages
+        .iter()
+        .filter(|(path, p)| !path.is_empty() && p.get("dev").and_then(Value::as_bool) != Some(true))
+        .any(|(_, p)| {
+            p.get("hasInstallScript").and_then(Value::as_bool) == Some(true)
+                || ["os", "cpu", "libc"].iter().any(|k| p.get(k).is_some())
+        })
+}
+
 /// Packages under `modules` (a `node_modules`) holding native code, by name.
 pub fn packages_with_native_code(modules: &Path) -> Vec<String> {
     let mut found = Vec::new();
@@ -97,5 +112,22 @@ mod tests {
         )
         .unwrap();
         assert_eq!(skipped_install_scripts(&lock), ["@x/y", "sharp"]);
+        assert!(lockfile_may_have_native_code(&lock));
+    }
+
+    #[test]
+    fn a_lockfile_marks_native_code_by_scripts_and_platform_constraints() {
+        let lock = |packages: &str| -> Value {
+            serde_json::from_str(&format!(r#"{{"lockfileVersion":3,"packages":{packages}}}"#))
+                .unwrap()
+        };
+        let portable = lock(
+            r#"{"":{},"node_modules/express":{"version":"4.21.2"},
+            "node_modules/esbuild":{"hasInstallScript":true,"dev":true}}"#,
+        );
+        assert!(!lockfile_may_have_native_code(&portable));
+        let prebuilt =
+            lock(r#"{"":{},"node_modules/@img/sharp-linux-x64":{"os":["linux"],"cpu":["x64"]}}"#);
+        assert!(lockfile_may_have_native_code(&prebuilt));
     }
 }

@@ -5,7 +5,8 @@ use std::fmt;
 use kiln_layers::Descriptor;
 
 /// One step of a build.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, serde::Serialize)]
+#[serde(tag = "step", content = "data", rename_all = "snake_case")]
 pub enum Step {
     /// The runtime in use, and why (given, or what was detected).
     Runtime {
@@ -25,8 +26,8 @@ pub enum Step {
     },
     /// A layer is ready.
     Layer {
-        /// `runtime`, `deps`, `app`.
-        kind: &'static str,
+        /// Which part of the image.
+        kind: crate::LayerKind,
         /// Where it came from (`npm ci`, `node_modules in source`, …).
         detail: String,
         /// The layer blob.

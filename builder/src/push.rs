@@ -12,7 +12,7 @@ use crate::{BuildError, Built, Result, seen};
 pub const PARALLEL_PUSHES: usize = 4;
 
 /// What a push did.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct Pushed {
     /// The reference pushed to.
     pub reference: String,
@@ -87,7 +87,10 @@ pub async fn push_image(registry: &Registry, built: &Built, target: &str) -> Res
             .await
         {
             Ok(_) => break,
-            Err(e) if round < 3 && e.answer.text.contains("BLOB_UNKNOWN") => {
+            Err(e)
+                if round < 3
+                    && (e.has_code("MANIFEST_BLOB_UNKNOWN") || e.has_code("BLOB_UNKNOWN")) =>
+            {
                 tracing::debug!("{e}; pushing the blobs again");
                 tokio::time::sleep(std::time::Duration::from_millis(100 * round)).await;
             }

@@ -172,5 +172,5 @@ pub async fn rebase(
         ),
     );
     let (manifest, image) = store.write_image(&config, layers, annotations)?;
-    Ok(Built::new(store.clone(), manifest, &image))
+    Ok(Built::unrecorded(store.clone(), manifest, image))
 }

@@ -56,23 +56,34 @@ pub fn revisions_subject(app: &str) -> String {
     format!("kiln.revisions.{app}")
 }
 
-/// An error talking to NATS, with what kiln was doing.
+/// The error type a [`NatsError`] wraps: the client's error, or a message.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An error talking to NATS, with what kiln was doing and the client's error. Its message
+/// already holds the client's, so it is not chained again as a `source`.
 #[derive(Debug, thiserror::Error)]
-#[error("NATS: {action}: {message}")]
+#[error("NATS: {action}: {error}")]
 pub struct NatsError {
     /// What kiln was doing.
     pub action: String,
-    /// The client's error.
-    pub message: String,
+    /// The client's error (or what went wrong, when no client call failed), kept typed.
+    pub error: BoxError,
+}
+
+impl NatsError {
+    /// `action` failed because of `source`.
+    pub fn new(action: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        NatsError {
+            action: action.into(),
+            error: source.into(),
+        }
+    }
 }
 
 /// Wraps any NATS client error with `action`.
-pub fn nats_err<E: std::fmt::Display>(action: impl Into<String>) -> impl FnOnce(E) -> NatsError {
+pub fn nats_err<E: Into<BoxError>>(action: impl Into<String>) -> impl FnOnce(E) -> NatsError {
     let action = action.into();
-    move |e| NatsError {
-        action,
-        message: e.to_string(),
-    }
+    move |e| NatsError::new(action, e)
 }
 
 /// A connection with every kiln stream, bucket and store at hand.

@@ -1,12 +1,13 @@
 //! Rebasing revisions: one app's revision onto a new (runtime) base, recorded as a new
-//! revision; or every app whose latest revision uses a runtime, as rebase jobs on the queue.
+//! revision; the rebase jobs that do it on the queue. `rebase_all` rebases every app on a
+//! runtime with them.
 
 use std::time::Instant;
 
 use futures_util::StreamExt;
-use kiln_builder::BuildError;
 use kiln_builder::push::push_image;
 use kiln_builder::registry::Registry;
+use kiln_builder::{BuildError, LayerKind};
 use kiln_layers::BlobStore;
 use kiln_layers::oci::Platform;
 
@@ -89,7 +90,8 @@ pub async fn rebase_revision(
             .map_err(BuildError::from)?,
     )
     .map_err(|e| BuildError::from(kiln_layers::Error::json("rebased manifest")(e)))?;
-    let kept: Vec<&LayerRecord> = old.layers.iter().filter(|l| l.kind != "base").collect();
+    let base = LayerKind::Base.as_str();
+    let kept: Vec<&LayerRecord> = old.layers.iter().filter(|l| l.kind != base).collect();
     let layers = manifest
         .layers
         .iter()
@@ -99,7 +101,7 @@ pub async fn rebase_revision(
                 .iter()
                 .find(|l| l.digest == digest)
                 .map(|l| l.kind.clone())
-                .unwrap_or_else(|| "base".into());
+                .unwrap_or_else(|| base.into());
             LayerRecord {
                 kind,
                 digest,
@@ -133,6 +135,39 @@ pub async fn rebase_revision(
     };
     revisions::announce(queue, &revision).await?;
     Ok(revision)
+}
+
+/// A revision and the revision rebasing it made.
+#[derive(Clone, Debug)]
+pub struct Rebased {
+    /// The revision that was rebased.
+    pub old: Revision,
+    /// The new revision.
+    pub new: Revision,
+}
+
+/// Rebases `app`'s revision `revision` (or its latest) onto `base` here, without the queue:
+/// the job is the one [`job_for`] names, so a worker doing the same job finds it done.
+pub async fn rebase_app(
+    queue: &Queue,
+    registry: &Registry,
+    store: &BlobStore,
+    platform: &Platform,
+    app: &str,
+    revision: Option<&str>,
+    base: &str,
+) -> Result<Rebased, RebaseError> {
+    let old = match revision {
+        Some(r) => revisions::by_name(queue, r).await?,
+        None => {
+            let n = revisions::latest_number(queue, app).await?;
+            revisions::get(queue, app, n).await?
+        }
+    }
+    .ok_or_else(|| RebaseError::NotFound(format!("app {app:?} has no such revision")))?;
+    let job = job_for(&old, base);
+    let new = rebase_revision(queue, registry, store, platform, &job, Instant::now()).await?;
+    Ok(Rebased { old, new })
 }
 
 /// Every app whose latest revision runs on `runtime`, with that revision.

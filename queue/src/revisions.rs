@@ -12,7 +12,7 @@ use bytes::Bytes;
 use std::time::Duration;
 use tokio::time::Instant;
 
-use crate::nats::{NatsError, Queue, nats_err};
+use crate::nats::{BoxError, NatsError, Queue, nats_err};
 use crate::schema::{Revision, revision_name};
 
 /// How far back a redelivered job looks for a revision it may have recorded before a crash.
@@ -375,10 +375,10 @@ pub async fn give_up(
             return by_job(queue, app, job_id, true).await;
         }
     }
-    Err(NatsError {
-        action: format!("mark job {job_id} given up"),
-        message: "the claim kept changing".into(),
-    })
+    Err(NatsError::new(
+        format!("mark job {job_id} given up"),
+        "the claim kept changing",
+    ))
 }
 
 /// Publishes a recorded revision on `kiln.revisions.<app>` for the deployer.
@@ -395,7 +395,7 @@ pub async fn announce(queue: &Queue, revision: &Revision) -> Result<(), NatsErro
 async fn raise_hint(queue: &Queue, app: &str, n: u64) -> Result<(), NatsError> {
     let key = format!("latest.{app}");
     let value = Bytes::from(n.to_string());
-    let mut last_error = String::new();
+    let mut last_error: BoxError = "no attempt made".into();
     for _ in 0..50 {
         let entry = queue
             .revisions
@@ -408,7 +408,7 @@ async fn raise_hint(queue: &Queue, app: &str, n: u64) -> Result<(), NatsError> {
                 .create(&key, value.clone())
                 .await
                 .map(drop)
-                .map_err(|e| e.to_string()),
+                .map_err(BoxError::from),
             Some(entry) => {
                 let current: u64 = std::str::from_utf8(&entry.value)
                     .ok()
@@ -422,7 +422,7 @@ async fn raise_hint(queue: &Queue, app: &str, n: u64) -> Result<(), NatsError> {
                     .update(&key, value.clone(), entry.revision)
                     .await
                     .map(drop)
-                    .map_err(|e| e.to_string())
+                    .map_err(BoxError::from)
             }
         };
         match result {
@@ -431,8 +431,5 @@ async fn raise_hint(queue: &Queue, app: &str, n: u64) -> Result<(), NatsError> {
             Err(e) => last_error = e,
         }
     }
-    Err(NatsError {
-        action: format!("raise {key} to {n}"),
-        message: last_error,
-    })
+    Err(NatsError::new(format!("raise {key} to {n}"), last_error))
 }

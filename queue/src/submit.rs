@@ -8,7 +8,7 @@ use async_nats::jetstream::message::PublishMessage;
 use futures_util::StreamExt;
 
 use crate::nats::{self, NatsError, Queue, nats_err};
-use crate::schema::{BuildJob, Event, EventKind, InvalidJob, SCHEMA_VERSION, now};
+use crate::schema::{BuildJob, Event, EventKind, InvalidJob, Revision, SCHEMA_VERSION, now};
 use crate::{revisions, source};
 
 /// What to submit.
@@ -42,6 +42,14 @@ pub enum SubmitError {
     /// NATS trouble.
     #[error(transparent)]
     Nats(#[from] NatsError),
+    /// The job failed for good.
+    #[error("job {job_id} failed: {reason}")]
+    Failed {
+        /// The job.
+        job_id: String,
+        /// The reason in its final `failed` event.
+        reason: String,
+    },
     /// No final event in time.
     #[error("no revision or failure for job {job_id} after {seconds} s")]
     Timeout {
@@ -174,6 +182,26 @@ pub async fn follow(
             } => return Ok(event),
             _ => {}
         }
+    }
+}
+
+/// Follows the job like [`follow`] to its revision; a final failure is
+/// [`SubmitError::Failed`].
+pub async fn wait(
+    queue: &Queue,
+    events: async_nats::Subscriber,
+    job: &BuildJob,
+    timeout: Duration,
+    on_event: impl FnMut(&Event),
+) -> Result<Revision, SubmitError> {
+    let last = follow(queue, events, job, timeout, on_event).await?;
+    match last.kind {
+        EventKind::Revision { revision } => Ok(*revision),
+        EventKind::Failed { reason, .. } => Err(SubmitError::Failed {
+            job_id: job.job_id.clone(),
+            reason,
+        }),
+        _ => unreachable!("follow returns a revision or a failure"),
     }
 }
 

@@ -3,13 +3,13 @@
 //! compare-and-set); each operation is published on `kiln.revisions.<app>` for the deployer,
 //! with the Knative Service it implies.
 
-use async_nats::jetstream::kv::UpdateErrorKind;
+use async_nats::jetstream::kv::{CreateErrorKind, UpdateErrorKind};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::knative::{TrafficTarget, render};
-use crate::nats::{self, NatsError, Queue, nats_err};
+use crate::nats::{self, BoxError, NatsError, Queue, nats_err};
 use crate::revisions;
 use crate::schema::{Revision, SCHEMA_VERSION, now};
 
@@ -214,28 +214,21 @@ pub async fn apply(queue: &Queue, app: &str, op: &Operation) -> Result<TrafficEv
         };
         traffic.updated = now();
         let body = Bytes::from(serde_json::to_vec(&traffic).expect("traffic"));
-        let written = match version {
-            None => queue
-                .revisions
-                .create(key(app), body)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string()),
+        let written: Result<(), BoxError> = match version {
+            None => match queue.revisions.create(key(app), body).await {
+                Ok(_) => Ok(()),
+                // Another operation wrote the first traffic: read it and apply again.
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => continue,
+                Err(e) => Err(e.into()),
+            },
             Some(v) => match queue.revisions.update(key(app), body, v).await {
                 Ok(_) => Ok(()),
                 Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => continue,
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(e.into()),
             },
         };
         if let Err(e) = written {
-            if version.is_none() && e.contains("exists") {
-                continue;
-            }
-            return Err(NatsError {
-                action: "write traffic".into(),
-                message: e,
-            }
-            .into());
+            return Err(NatsError::new("write traffic", e).into());
         }
         let event = TrafficEvent {
             schema_version: SCHEMA_VERSION,

@@ -24,6 +24,11 @@ impl RegistryError {
         self.answer.retryable
     }
 
+    /// Whether the registry answered with the OCI error code `code` (`MANIFEST_BLOB_UNKNOWN`).
+    pub fn has_code(&self, code: &str) -> bool {
+        self.answer.codes.iter().any(|c| c == code)
+    }
+
     /// The HTTP status the registry answered with, when there was one.
     pub fn status(&self) -> Option<u16> {
         self.answer.status
@@ -42,6 +47,7 @@ impl RegistryError {
                 text: text.into(),
                 status: None,
                 retryable: false,
+                codes: Vec::new(),
             },
         }
     }
@@ -56,6 +62,8 @@ pub struct Answer {
     pub status: Option<u16>,
     /// Whether a retry may help.
     pub retryable: bool,
+    /// The error codes of the registry's OCI error body (`BLOB_UNKNOWN`, `DENIED`, …).
+    pub codes: Vec<String>,
 }
 
 impl fmt::Display for Answer {
@@ -81,8 +89,9 @@ pub(super) fn trimmed(body: &str) -> String {
     cut.replace('\n', " ")
 }
 
-/// The codes, messages and details of an OCI error body (`{"errors":[…]}`), if it is one.
-fn oci_errors(body: &str) -> Option<String> {
+/// The codes, messages and details of an OCI error body (`{"errors":[…]}`), if it is one,
+/// and the codes alone.
+fn oci_errors(body: &str) -> Option<(String, Vec<String>)> {
     #[derive(serde::Deserialize)]
     struct Envelope {
         errors: Vec<Entry>,
@@ -110,7 +119,8 @@ fn oci_errors(body: &str) -> Option<String> {
             format!("{}: {}{detail}", trimmed(&e.code), trimmed(&e.message))
         })
         .collect();
-    (!entries.is_empty()).then(|| entries.join("; "))
+    let codes = envelope.errors.iter().map(|e| e.code.clone()).collect();
+    (!entries.is_empty()).then(|| (entries.join("; "), codes))
 }
 
 fn status_text(code: u16) -> String {
@@ -124,9 +134,10 @@ fn status_text(code: u16) -> String {
 impl From<OciDistributionError> for Answer {
     fn from(err: OciDistributionError) -> Answer {
         use OciDistributionError as E;
+        let mut codes = Vec::new();
         let (text, status, retryable) = match err {
             E::RegistryError { envelope, .. } => {
-                let codes: Vec<String> = envelope
+                let entries: Vec<String> = envelope
                     .errors
                     .iter()
                     .map(|e| {
@@ -134,7 +145,9 @@ impl From<OciDistributionError> for Answer {
                             .ok()
                             .and_then(|v| v.as_str().map(str::to_owned))
                             .unwrap_or_else(|| format!("{:?}", e.code));
-                        format!("{code}: {}", e.message)
+                        let entry = format!("{code}: {}", e.message);
+                        codes.push(code);
+                        entry
                     })
                     .collect();
                 // oci-client keeps the body of a 4xx and drops its status; of the 4xx codes
@@ -144,20 +157,25 @@ impl From<OciDistributionError> for Answer {
                     .iter()
                     .any(|e| matches!(e.code, oci_client::errors::OciErrorCode::Toomanyrequests));
                 (
-                    format!("registry answered {}", codes.join("; ")),
+                    format!("registry answered {}", entries.join("; ")),
                     throttled.then_some(429),
                     throttled,
                 )
             }
-            E::ServerError { code, message, .. } => (
-                format!(
-                    "registry answered {}: {}",
-                    status_text(code),
-                    oci_errors(&message).unwrap_or_else(|| trimmed(&message))
-                ),
-                Some(code),
-                retryable_status(code),
-            ),
+            E::ServerError { code, message, .. } => {
+                let body = match oci_errors(&message) {
+                    Some((text, found)) => {
+                        codes = found;
+                        text
+                    }
+                    None => trimmed(&message),
+                };
+                (
+                    format!("registry answered {}: {body}", status_text(code)),
+                    Some(code),
+                    retryable_status(code),
+                )
+            }
             E::UnauthorizedError { .. } => (
                 "registry answered HTTP 401 Unauthorized (check the credentials for this registry)"
                     .into(),
@@ -192,6 +210,7 @@ impl From<OciDistributionError> for Answer {
             text,
             status,
             retryable,
+            codes,
         }
     }
 }
@@ -209,6 +228,7 @@ fn request_answer(e: &reqwest::Error) -> Answer {
             text: format!("registry answered {}{auth_hint}", status_text(code)),
             status: Some(code),
             retryable: retryable_status(code),
+            codes: Vec::new(),
         };
     }
     let mut causes = Vec::new();
@@ -227,6 +247,7 @@ fn request_answer(e: &reqwest::Error) -> Answer {
             ),
             status: None,
             retryable: false,
+            codes: Vec::new(),
         };
     }
     if e.is_connect()
@@ -238,6 +259,7 @@ fn request_answer(e: &reqwest::Error) -> Answer {
             text: format!("TLS certificate not accepted: {cause}"),
             status: None,
             retryable: false,
+            codes: Vec::new(),
         };
     }
     let what = if unknown_host {
@@ -253,6 +275,7 @@ fn request_answer(e: &reqwest::Error) -> Answer {
         text: format!("{what}: {cause}"),
         status: None,
         retryable: !unknown_host,
+        codes: Vec::new(),
     }
 }
 
@@ -285,6 +308,23 @@ mod tests {
             message: "slow down".into(),
         });
         assert!(many.retryable);
+    }
+
+    #[test]
+    fn the_registry_error_codes_are_kept_apart_from_the_text() {
+        let answer = Answer::from(OciDistributionError::ServerError {
+            code: 400,
+            url: "http://r/v2/x/manifests/t".into(),
+            message: r#"{"errors":[{"code":"MANIFEST_BLOB_UNKNOWN","message":"blob unknown to registry","detail":"sha256:ab"}]}"#.into(),
+        });
+        assert_eq!(answer.codes, ["MANIFEST_BLOB_UNKNOWN"]);
+        let error = RegistryError {
+            reference: "r/x:t".into(),
+            action: "push manifest".into(),
+            answer,
+        };
+        assert!(error.has_code("MANIFEST_BLOB_UNKNOWN"));
+        assert!(!error.has_code("BLOB_UNKNOWN"));
     }
 
     #[test]

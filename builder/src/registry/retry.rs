@@ -79,6 +79,7 @@ mod tests {
                 text: "HTTP 503".into(),
                 status: Some(503),
                 retryable: true,
+                codes: Vec::new(),
             },
         }
     }

@@ -1,10 +1,8 @@
-//! Versioned messages on the queue: build jobs, events and revision records (JSON, each with
-//! `schema_version`), and the validation of every field a job carries.
+//! Job messages (build and rebase) and the validation of every field a job carries.
 
 use serde::{Deserialize, Serialize};
 
-/// The schema version this code writes and reads.
-pub const SCHEMA_VERSION: u32 = 1;
+use super::SCHEMA_VERSION;
 
 /// A build job: published on `kiln.jobs.build.<app>` with the job id as message id.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -151,7 +149,8 @@ impl BuildJob {
                 .map_err(|e| invalid("base", e.to_string()))?;
         }
         self.deploy.validate()?;
-        kiln_builder::build::parse_env(&self.env).map_err(|e| invalid("env", e.to_string()))?;
+        kiln_builder::image_config::parse_env(&self.env)
+            .map_err(|e| invalid("env", e.to_string()))?;
         Ok(())
     }
 }
@@ -280,140 +279,6 @@ pub fn validate_app(app: &str) -> Result<(), InvalidJob> {
     Ok(())
 }
 
-/// What happened to a job: published on `kiln.events.<job_id>`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Event {
-    /// Always [`SCHEMA_VERSION`].
-    pub schema_version: u32,
-    /// The job.
-    pub job_id: String,
-    /// The app, when known.
-    #[serde(default)]
-    pub app: Option<String>,
-    /// What happened.
-    #[serde(flatten)]
-    pub kind: EventKind,
-    /// When (RFC 3339).
-    pub at: String,
-}
-
-/// The kinds of event, tagged by `event`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "event", rename_all = "snake_case")]
-pub enum EventKind {
-    /// `kiln submit` published the job.
-    Accepted,
-    /// A worker took the job (delivery `attempt`).
-    Building {
-        /// Worker name.
-        worker: String,
-        /// Delivery count, 1 for the first.
-        attempt: u64,
-    },
-    /// A build step (`resolving base`, `deps: cache hit`, …).
-    Step {
-        /// The step, as the CLI prints it.
-        text: String,
-    },
-    /// The image is in the registry.
-    Pushed {
-        /// `repo@sha256:…`.
-        image: String,
-    },
-    /// The job's revision is recorded.
-    Revision {
-        /// The revision record.
-        revision: Box<Revision>,
-    },
-    /// The job failed.
-    Failed {
-        /// What went wrong.
-        reason: String,
-        /// True when the job will be (or could be) retried.
-        retryable: bool,
-    },
-}
-
-/// One layer of a revision's image.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LayerRecord {
-    /// `base`, `runtime`, `deps` or `app`.
-    pub kind: String,
-    /// Layer digest.
-    pub digest: String,
-    /// Compressed size.
-    pub size: u64,
-    /// True when the layer came from a cache.
-    pub cache_hit: bool,
-}
-
-/// A revision: one deployable image of an app, `<app>-<NNNNN>`.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Revision {
-    /// Always [`SCHEMA_VERSION`].
-    pub schema_version: u32,
-    /// `<app>-<NNNNN>`.
-    pub name: String,
-    /// The app.
-    pub app: String,
-    /// The revision number (1, 2, …, contiguous per app).
-    pub number: u64,
-    /// The job that made it.
-    pub job_id: String,
-    /// The image pinned by digest: `host/repo@sha256:…`.
-    pub image: String,
-    /// The image manifest digest.
-    pub digest: String,
-    /// Runtime name.
-    pub runtime: String,
-    /// Base image name.
-    pub base: String,
-    /// Base manifest digest.
-    pub base_digest: String,
-    /// Source digest (app files + dependency inputs).
-    pub source_digest: String,
-    /// Source tarball object name.
-    pub source_object: String,
-    /// User environment.
-    pub env: Vec<String>,
-    /// Container port.
-    pub port: u16,
-    /// Knative settings from the job.
-    #[serde(default)]
-    pub deploy: DeploySettings,
-    /// Layers, bottom first, with cache hits.
-    pub layers: Vec<LayerRecord>,
-    /// Milliseconds spent: build, push, total.
-    pub timings_ms: Timings,
-    /// When it was recorded (RFC 3339).
-    pub created: String,
-}
-
-/// Time spent on a revision.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct Timings {
-    /// Fetch, extract and build.
-    pub build: u64,
-    /// Push to the registry.
-    pub push: u64,
-    /// From the worker taking the job to the revision recorded.
-    pub total: u64,
-}
-
-/// `<app>-<NNNNN>`.
-pub fn revision_name(app: &str, number: u64) -> String {
-    format!("{app}-{number:05}")
-}
-
-/// Now as RFC 3339 UTC.
-pub fn now() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    kiln_builder::image::rfc3339(secs)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -471,22 +336,5 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("extra"), "{err}");
-    }
-
-    #[test]
-    fn events_are_tagged() {
-        let e = Event {
-            schema_version: 1,
-            job_id: "j".into(),
-            app: None,
-            kind: EventKind::Failed {
-                reason: "x".into(),
-                retryable: false,
-            },
-            at: now(),
-        };
-        let v = serde_json::to_value(&e).unwrap();
-        assert_eq!(v["event"], "failed");
-        assert_eq!(serde_json::from_value::<Event>(v).unwrap(), e);
     }
 }

@@ -1,0 +1,115 @@
+//! The deps layer (`/app/node_modules`): the production dependencies as the chosen installer
+//! lays them out. Keyed by the installer's inputs; by Node ABI, platform and libc too when the
+//! tree may hold native code, so a portable tree is shared across Node versions.
+
+use std::cell::OnceCell;
+
+use kiln_layers::source::ScanOptions;
+use kiln_layers::{CacheKey, Entry, LayerBuilder, SourceTree};
+
+use crate::built::LayerKind;
+use crate::host_base::{LABEL_LIBC, LABEL_NODE_ABI};
+use crate::installer::{self, Installer};
+use crate::pipeline::{Context, Made, Plan, Stage};
+use crate::{Result, Step, native};
+
+/// The deps stage; remembers the installer its plan chose.
+#[derive(Default)]
+pub(crate) struct Deps {
+    installer: OnceCell<Box<dyn Installer>>,
+}
+
+impl Deps {
+    /// The key for a portable tree and the one for a tree with native code.
+    fn keys(cx: &Context, installer: &dyn Installer) -> Result<(CacheKey, CacheKey)> {
+        let portable = installer.key(
+            cx,
+            CacheKey::new("deps")
+                .with("runtime", &cx.runtime.name)
+                .with("mtime", cx.epoch.to_string()),
+        )?;
+        let native = portable
+            .clone()
+            .with("abi", abi(cx))
+            .with("platform", platform(cx));
+        Ok((portable, native))
+    }
+}
+
+impl Stage for Deps {
+    fn kind(&self) -> LayerKind {
+        LayerKind::Deps
+    }
+
+    fn plan(&self, cx: &Context) -> Result<Plan> {
+        let Some(installer) = installer::choose(cx)? else {
+            return Ok(Plan::Skip);
+        };
+        let (portable, native) = Self::keys(cx, installer.as_ref())?;
+        // A tree that may be native is only ever stored under the native key; one that
+        // should be portable is looked up there too, in case native code turned up.
+        let keys = if installer.may_be_native(cx) {
+            vec![native]
+        } else {
+            vec![native, portable]
+        };
+        let detail = installer.name().to_owned();
+        let _ = self.installer.set(installer);
+        Ok(Plan::Layer {
+            keys,
+            detail,
+            shared: true,
+        })
+    }
+
+    fn make(&self, cx: &Context, keys: &[CacheKey]) -> Result<Made> {
+        let installer = self.installer.get().expect("planned with an installer");
+        let scratch_root = cx.cache.store().root().join("tmp");
+        std::fs::create_dir_all(&scratch_root)
+            .map_err(kiln_layers::Error::io("create directory", &scratch_root))?;
+        let scratch = tempfile::tempdir_in(&scratch_root).map_err(kiln_layers::Error::io(
+            "create scratch directory in",
+            &scratch_root,
+        ))?;
+        let modules = installer.install(cx, scratch.path())?;
+        let native = native::packages_with_native_code(&modules);
+        let key = if native.is_empty() {
+            keys.last()
+        } else {
+            cx.progress.step(Step::Note(format!(
+                "deps: native code in {} (layer keyed by Node ABI {} and {})",
+                native.join(", "),
+                abi(cx),
+                platform(cx)
+            )));
+            keys.first()
+        };
+        let tree = SourceTree::scan(&modules, &ScanOptions::default())?;
+        let mut layer = LayerBuilder::new(cx.epoch);
+        layer
+            .add("app", Entry::dir())
+            .add("app/node_modules", Entry::dir());
+        tree.add_to(&mut layer, "app/node_modules");
+        Ok(Made {
+            layer: layer.write_to(cx.cache.store())?,
+            key: key.expect("at least one key").clone(),
+            detail: None,
+        })
+    }
+}
+
+fn abi(cx: &Context) -> String {
+    cx.base
+        .label(LABEL_NODE_ABI)
+        .unwrap_or("unknown")
+        .to_owned()
+}
+
+fn platform(cx: &Context) -> String {
+    format!(
+        "{}/{}/{}",
+        cx.base.config.os,
+        cx.base.config.architecture,
+        cx.base.label(LABEL_LIBC).unwrap_or("unknown")
+    )
+}
