@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use kiln_layers::oci::Platform;
 use kiln_layers::{BlobStore, Descriptor};
 
+use crate::error::BaseProblem;
 use crate::host_base::host_base;
 use crate::image::Base;
 use crate::pull::pull_image;
@@ -126,7 +127,7 @@ pub fn load(source: &BaseSource, store: &BlobStore, progress: &dyn Progress) -> 
             let reference = format!("oci:{}:{tag}", path.display());
             let bad = |problem: String| BuildError::Base {
                 reference: reference.clone(),
-                problem,
+                problem: BaseProblem::Layout(problem),
             };
             let layout = BlobStore::open(path).map_err(|e| bad(e.to_string()))?;
             let desc = layout.resolve(tag).map_err(|e| bad(e.to_string()))?;
@@ -137,7 +138,13 @@ pub fn load(source: &BaseSource, store: &BlobStore, progress: &dyn Progress) -> 
                     .read_blob(&desc.digest)
                     .map_err(|e| bad(e.to_string()))?,
             )
-            .map_err(|e| bad(format!("manifest: {e}")))?;
+            .map_err(|e| BuildError::Base {
+                reference: reference.clone(),
+                problem: BaseProblem::Document {
+                    document: "manifest",
+                    error: e.to_string(),
+                },
+            })?;
             for blob in manifest.layers.iter().chain([&manifest.config]) {
                 store
                     .import_blob(&layout, &blob.digest)

@@ -199,7 +199,7 @@ pub fn build_runtime_base(
     if let Some(other) = base.label(LABEL_RUNTIME) {
         return Err(crate::BuildError::Base {
             reference: base.name.clone(),
-            problem: format!("is already the runtime base of {other}"),
+            problem: crate::error::BaseProblem::AlreadyRuntimeBase(other.to_owned()),
         });
     }
     let (layer, key, hit) = stages::runtime_layer(&runtime, &cache)?;

@@ -83,7 +83,7 @@ pub enum BuildError {
         /// The reference as given.
         reference: String,
         /// What is wrong.
-        problem: String,
+        problem: BaseProblem,
     },
     /// An invalid option value (`--env`, `--tag`, …).
     #[error("invalid {what} {value:?}: {problem}")]
@@ -158,4 +158,70 @@ pub struct BuildScriptError {
     pub problem: String,
     /// Its last output lines.
     pub output: Vec<String>,
+}
+
+/// What is wrong with a base image (or with an image to rebase).
+#[derive(Debug, thiserror::Error)]
+pub enum BaseProblem {
+    /// A document that is not what it should be.
+    #[error("{document}: {error}")]
+    Document {
+        /// `manifest`, `config`, `image index`.
+        document: &'static str,
+        /// What the parser said.
+        error: String,
+    },
+    /// The registry sent something that is not a manifest or index kiln can read.
+    #[error("{0}")]
+    NotAManifest(String),
+    /// A manifest type kiln cannot use.
+    #[error("unsupported manifest type {0}")]
+    ManifestType(String),
+    /// A layer type kiln cannot use.
+    #[error("layer {digest} has unsupported media type {media_type}")]
+    LayerType {
+        /// The layer.
+        digest: String,
+        /// Its media type.
+        media_type: String,
+    },
+    /// An index without the platform asked for.
+    #[error("the index has no {want} entry (it has: {available})")]
+    NoPlatform {
+        /// The platform asked for.
+        want: String,
+        /// What the index has.
+        available: String,
+    },
+    /// An image of another platform.
+    #[error("image is {have}, not {want}")]
+    WrongPlatform {
+        /// Its platform.
+        have: String,
+        /// The platform asked for.
+        want: String,
+    },
+    /// A digest that does not match or does not parse.
+    #[error("{0}")]
+    Digest(String),
+    /// A runtime base of another runtime.
+    #[error("is the runtime base of {have}, but the app uses runtime {want}")]
+    OtherRuntime {
+        /// The runtime the base holds.
+        have: String,
+        /// The app's runtime.
+        want: String,
+    },
+    /// A runtime base given where a plain base is needed.
+    #[error("is already the runtime base of {0}")]
+    AlreadyRuntimeBase(String),
+    /// A local OCI layout that cannot be read.
+    #[error("{0}")]
+    Layout(String),
+    /// A layer the config has no diff id for.
+    #[error("layer {0} has no diff id in its config")]
+    NoDiffId(String),
+    /// An image that cannot be rebased, and why.
+    #[error("{0}")]
+    NotRebasable(String),
 }

@@ -5,6 +5,7 @@ use kiln_layers::oci::{
 };
 use kiln_layers::{BlobStore, Descriptor, ImageConfig, ImageManifest};
 
+use crate::error::BaseProblem;
 use crate::{BuildError, Result};
 
 /// A base image whose blobs are in a blob store.
@@ -23,21 +24,24 @@ pub struct Base {
 impl Base {
     /// Loads the manifest `descriptor` and its config from `store`.
     pub fn load(store: &BlobStore, name: &str, descriptor: Descriptor) -> Result<Base> {
-        let bad = |problem: String| BuildError::Base {
+        let bad = |problem: BaseProblem| BuildError::Base {
             reference: name.into(),
             problem,
         };
         if descriptor.media_type != MEDIA_TYPE_MANIFEST
             && descriptor.media_type != MEDIA_TYPE_DOCKER_MANIFEST
         {
-            return Err(bad(format!(
-                "unsupported manifest type {}",
-                descriptor.media_type
+            return Err(bad(BaseProblem::ManifestType(
+                descriptor.media_type.clone(),
             )));
         }
         let mut manifest: ImageManifest =
-            serde_json::from_slice(&store.read_blob(&descriptor.digest)?)
-                .map_err(|e| bad(format!("manifest: {e}")))?;
+            serde_json::from_slice(&store.read_blob(&descriptor.digest)?).map_err(|e| {
+                bad(BaseProblem::Document {
+                    document: "manifest",
+                    error: e.to_string(),
+                })
+            })?;
         // Docker v2s2 gzip layers are the same bytes as OCI gzip layers: name them the OCI way
         // so the app's OCI manifest is uniform.
         for layer in &mut manifest.layers {
@@ -47,15 +51,19 @@ impl Base {
                 .media_type
                 .starts_with("application/vnd.oci.image.layer.v1.tar")
             {
-                return Err(bad(format!(
-                    "layer {} has unsupported media type {}",
-                    layer.digest, layer.media_type
-                )));
+                return Err(bad(BaseProblem::LayerType {
+                    digest: layer.digest.to_string(),
+                    media_type: layer.media_type.clone(),
+                }));
             }
         }
         let config: ImageConfig =
-            serde_json::from_slice(&store.read_blob(&manifest.config.digest)?)
-                .map_err(|e| bad(format!("config: {e}")))?;
+            serde_json::from_slice(&store.read_blob(&manifest.config.digest)?).map_err(|e| {
+                bad(BaseProblem::Document {
+                    document: "config",
+                    error: e.to_string(),
+                })
+            })?;
         Ok(Base {
             name: name.into(),
             descriptor,
@@ -74,7 +82,7 @@ impl Base {
             .cloned()
             .ok_or_else(|| BuildError::Base {
                 reference: self.name.clone(),
-                problem: format!("layer {} has no diff id in its config", layer.digest),
+                problem: BaseProblem::NoDiffId(layer.digest.to_string()),
             })
     }
 

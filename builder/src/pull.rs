@@ -10,6 +10,7 @@ use kiln_layers::oci::{
 use kiln_layers::{BlobStore, Descriptor, Digest, ImageIndex, ImageManifest};
 use oci_client::Reference;
 
+use crate::error::BaseProblem;
 use crate::registry::{Registry, parse_reference};
 use crate::{BuildError, Result, seen};
 
@@ -84,7 +85,7 @@ async fn pull(
 ) -> Result<(String, Descriptor, bool)> {
     let image = parse_reference(reference)?;
     let name = image.whole();
-    let bad = |problem: String| BuildError::Base {
+    let bad = |problem: BaseProblem| BuildError::Base {
         reference: name.clone(),
         problem,
     };
@@ -98,26 +99,29 @@ async fn pull(
         Some(found) => found,
         None => registry.manifest(&image).await?,
     };
-    let media_type = media_type_of(&bytes).map_err(bad)?;
+    let media_type = media_type_of(&bytes).map_err(|e| bad(BaseProblem::NotAManifest(e)))?;
     let (bytes, digest, media_type, source) =
         if media_type == MEDIA_TYPE_INDEX || media_type == MEDIA_TYPE_DOCKER_MANIFEST_LIST {
-            let index: ImageIndex =
-                serde_json::from_slice(&bytes).map_err(|e| bad(format!("image index: {e}")))?;
+            let index: ImageIndex = serde_json::from_slice(&bytes).map_err(|e| {
+                bad(BaseProblem::Document {
+                    document: "image index",
+                    error: e.to_string(),
+                })
+            })?;
             let entry = choose(&index, platform).ok_or_else(|| {
                 let available: Vec<String> = index
                     .manifests
                     .iter()
                     .filter_map(|d| d.platform.as_ref().map(platform_text))
                     .collect();
-                bad(format!(
-                    "the index has no {} entry (it has: {})",
-                    platform_text(platform),
-                    if available.is_empty() {
+                bad(BaseProblem::NoPlatform {
+                    want: platform_text(platform),
+                    available: if available.is_empty() {
                         "none with a platform".into()
                     } else {
                         available.join(", ")
-                    }
-                ))
+                    },
+                })
             })?;
             let child = Reference::with_digest(
                 image.registry().to_owned(),
@@ -134,13 +138,19 @@ async fn pull(
             (bytes, digest, media_type, image.clone())
         };
     if media_type != MEDIA_TYPE_MANIFEST && media_type != MEDIA_TYPE_DOCKER_MANIFEST {
-        return Err(bad(format!("unsupported manifest type {media_type}")));
+        return Err(bad(BaseProblem::ManifestType(media_type)));
     }
-    let digest: Digest = digest
-        .parse()
-        .map_err(|_| bad(format!("registry gave the manifest digest {digest:?}")))?;
-    let manifest: ImageManifest =
-        serde_json::from_slice(&bytes).map_err(|e| bad(format!("manifest: {e}")))?;
+    let digest: Digest = digest.parse().map_err(|_| {
+        bad(BaseProblem::Digest(format!(
+            "registry gave the manifest digest {digest:?}"
+        )))
+    })?;
+    let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| {
+        bad(BaseProblem::Document {
+            document: "manifest",
+            error: e.to_string(),
+        })
+    })?;
     let cached = std::iter::once(&manifest.config)
         .chain(&manifest.layers)
         .all(|d| store.contains(&d.digest));
@@ -157,25 +167,27 @@ async fn pull(
         .await?;
     let written = store.write_blob(&media_type, &bytes)?;
     if written.digest != digest {
-        return Err(bad(format!(
+        return Err(bad(BaseProblem::Digest(format!(
             "manifest digest is {} but the registry said {digest}",
             written.digest
-        )));
+        ))));
     }
     let repository = format!("{}/{}", image.resolve_registry(), image.repository());
     for d in std::iter::once(&manifest.config).chain(&manifest.layers) {
         seen::record(store, &d.digest, &repository);
     }
     let config: kiln_layers::ImageConfig =
-        serde_json::from_slice(&store.read_blob(&manifest.config.digest)?)
-            .map_err(|e| bad(format!("config: {e}")))?;
+        serde_json::from_slice(&store.read_blob(&manifest.config.digest)?).map_err(|e| {
+            bad(BaseProblem::Document {
+                document: "config",
+                error: e.to_string(),
+            })
+        })?;
     if config.os != platform.os || config.architecture != platform.architecture {
-        return Err(bad(format!(
-            "image is {}/{}, not {}",
-            config.os,
-            config.architecture,
-            platform_text(platform)
-        )));
+        return Err(bad(BaseProblem::WrongPlatform {
+            have: format!("{}/{}", config.os, config.architecture),
+            want: platform_text(platform),
+        }));
     }
     Ok((name, written, cached))
 }

@@ -10,6 +10,7 @@ use kiln_layers::{BlobStore, Descriptor, ImageConfig, ImageManifest};
 use crate::build::{
     ANNOTATION_BASE_DIGEST, ANNOTATION_BASE_NAME, ANNOTATION_RUNTIME, LABEL_RUNTIME,
 };
+use crate::error::BaseProblem;
 use crate::pull::pull_metadata;
 use crate::registry::{Registry, repository_of};
 use crate::{BuildError, Built, Result};
@@ -25,19 +26,29 @@ struct Doc {
 }
 
 fn load(store: &BlobStore, name: String, desc: &Descriptor) -> Result<Doc> {
-    let bad = |problem: String| BuildError::Base {
+    let bad = |problem: BaseProblem| BuildError::Base {
         reference: name.clone(),
         problem,
     };
     let mut manifest: ImageManifest = serde_json::from_slice(&store.read_blob(&desc.digest)?)
-        .map_err(|e| bad(format!("manifest: {e}")))?;
+        .map_err(|e| {
+            bad(BaseProblem::Document {
+                document: "manifest",
+                error: e.to_string(),
+            })
+        })?;
     for layer in &mut manifest.layers {
         if layer.media_type == MEDIA_TYPE_DOCKER_LAYER {
             layer.media_type = MEDIA_TYPE_LAYER_GZIP.into();
         }
     }
     let config: ImageConfig = serde_json::from_slice(&store.read_blob(&manifest.config.digest)?)
-        .map_err(|e| bad(format!("config: {e}")))?;
+        .map_err(|e| {
+            bad(BaseProblem::Document {
+                document: "config",
+                error: e.to_string(),
+            })
+        })?;
     Ok(Doc {
         name,
         manifest,
@@ -60,7 +71,7 @@ pub async fn rebase(
 ) -> Result<Built> {
     let refuse = |problem: String| BuildError::Base {
         reference: image.to_owned(),
-        problem,
+        problem: BaseProblem::NotRebasable(problem),
     };
     let (name, desc, _) = pull_metadata(registry, image, platform, store).await?;
     let old = load(store, name, &desc)?;

@@ -6,6 +6,7 @@ use kiln_runtimes::Runtime;
 
 use crate::build::LABEL_RUNTIME;
 use crate::built::LayerKind;
+use crate::error::BaseProblem;
 use crate::pipeline::{Context, Made, Plan, Stage};
 use crate::{BuildError, Result};
 
@@ -32,10 +33,10 @@ impl Stage for RuntimeStage {
             },
             Some(other) => Err(BuildError::Base {
                 reference: cx.base.name.clone(),
-                problem: format!(
-                    "is the runtime base of {other}, but the app uses runtime {}",
-                    cx.runtime.name
-                ),
+                problem: BaseProblem::OtherRuntime {
+                    have: other.to_owned(),
+                    want: cx.runtime.name.clone(),
+                },
             }),
         }
     }
