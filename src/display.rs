@@ -45,6 +45,22 @@ impl Display {
         }
     }
 
+    /// Shows `title` as a live step (a spinner with the elapsed time on a terminal, a plain
+    /// line otherwise) until the next line or step.
+    pub fn begin(&self, title: &str) {
+        match self {
+            Display::Json => {}
+            Display::Plain => eprintln!("{title}"),
+            Display::Terminal(bar) => {
+                let mut bar = bar.lock().unwrap();
+                if let Some(done) = bar.take() {
+                    done.finish_and_clear();
+                }
+                *bar = Some(spinner(title));
+            }
+        }
+    }
+
     /// Ends a spinner still running (the build failed during its step).
     pub fn finish(&self) {
         if let Display::Terminal(bar) = self
@@ -71,7 +87,7 @@ impl Progress for Display {
                         Some(running) => running.set_message(line.clone()),
                         None => eprintln!("{step}"),
                     },
-                    Step::Installing | Step::BuildScript { .. } => {
+                    Step::Installing(_) | Step::BuildScript { .. } => {
                         if let Some(done) = bar.take() {
                             done.finish_and_clear();
                         }

@@ -675,11 +675,18 @@ fn publish(
     registry: &RegistryArgs,
     display: &Display,
 ) -> Result<Vec<Published>> {
+    for destination in destinations {
+        if let Destination::Registry(reference) = destination {
+            display.begin(&format!("push: {reference}"));
+        }
+    }
     let published = runtime()?.block_on(kiln_builder::publish(
         built,
         destinations,
         &registry.registry(),
-    ))?;
+    ));
+    display.finish();
+    let published = published?;
     for done in &published {
         match &done.pushed {
             None => display.line(&format!("wrote {}", done.destination)),

@@ -222,7 +222,7 @@ fn dev_install(
     std::fs::create_dir_all(&home).map_err(kiln_layers::Error::io("create directory", &home))?;
     let scratch = tempfile::tempdir_in(&home)
         .map_err(kiln_layers::Error::io("create scratch directory in", &home))?;
-    progress.step(Step::Note(format!(
+    progress.step(Step::Installing(format!(
         "build deps: npm ci {} (once per lockfile)",
         DEV_INSTALL_FLAGS.join(" ")
     )));

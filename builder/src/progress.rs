@@ -37,8 +37,8 @@ pub enum Step {
         /// The cache key it is stored under, when it is cached by key.
         cache_key: Option<kiln_layers::Digest>,
     },
-    /// Running `npm ci` (can take a while).
-    Installing,
+    /// Installing dependencies (can take a while): what runs, as shown.
+    Installing(String),
     /// The app's build script starts (in the sandbox).
     BuildScript {
         /// Its name in `scripts`.
@@ -80,7 +80,7 @@ impl fmt::Display for Step {
                 descriptor.size,
                 if *cache_hit { "cache hit, " } else { "" }
             ),
-            Step::Installing => write!(f, "deps: npm ci --omit=dev --ignore-scripts"),
+            Step::Installing(what) => f.write_str(what),
             Step::BuildScript { name, command } => {
                 write!(
                     f,

@@ -47,7 +47,9 @@ impl Installer for NpmCi {
                 )));
             }
         }
-        cx.progress.step(Step::Installing);
+        cx.progress.step(Step::Installing(
+            "deps: npm ci --omit=dev --ignore-scripts".into(),
+        ));
         let modules = npm::install(cx.source, scratch)?;
         if !modules.is_dir() {
             std::fs::create_dir_all(&modules)
