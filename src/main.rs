@@ -249,6 +249,10 @@ struct BuildArgs {
     /// Run no build step.
     #[arg(long)]
     no_build: bool,
+    /// Build this package of the monorepo at DIR (npm, pnpm or yarn workspaces); building
+    /// DIR/packages/NAME directly finds the root by walking up to the lockfile.
+    #[arg(long, value_name = "NAME")]
+    workspace: Option<String>,
     /// Print progress and the result as JSON lines on stdout (`{"event":…}` per step, then
     /// `{"built":…}` with the digest and every layer's kind, cache key, hit and time).
     #[arg(long)]
@@ -784,6 +788,7 @@ fn build(args: BuildArgs) -> Result<()> {
         source_date_epoch: args.common.source_date_epoch,
         cache_dir,
         start: args.start,
+        workspace: args.workspace,
         build_script: match (args.no_build, args.build_script) {
             (true, _) => BuildScript::Off,
             (false, Some(name)) => BuildScript::Named(name),

@@ -7,11 +7,12 @@ mod common;
 use std::io::Read;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use common::image::{self, App};
 use common::*;
 
 /// The generated apps and their npm cache: `$KILN_REAL_APPS`, else `target/real-apps`
@@ -70,98 +71,9 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// An unpacked image running as its non-root user, its output kept for failures.
-struct App {
-    child: std::process::Child,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl App {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn get(&self, path: &str) -> (u16, String) {
-        let out = Command::new("curl")
-            .args(["-s", "-m", "10", "-w", "\n%{http_code}"])
-            .arg(format!("http://127.0.0.1:{}{path}", self.port))
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
-        (code.parse().unwrap_or(0), body.to_owned())
-    }
-}
-
-/// Runs the image in `layout` the way a container runtime would (its entrypoint, env, user and
-/// working directory; `PORT` set) and waits up to `wait` for it to listen.
+/// Runs the image `app:test` of `tmp/out` (see [`image::run_image`]).
 fn run_image(tmp: &Path, wait: Duration) -> App {
-    let bundle = unpack(&tmp.join("out"), "app:test", tmp);
-    let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
-    let process = &config["process"];
-    let (uid, gid) = (
-        process["user"]["uid"].as_u64().unwrap(),
-        process["user"]["gid"].as_u64().unwrap(),
-    );
-    assert_ne!(uid, 0, "image runs as root");
-    let port = free_port();
-    let log = tmp.join("app.log");
-    let file = std::fs::File::create(&log).unwrap();
-    // A PID namespace with its own /proc, as in a container: the app is PID 1 there, and
-    // all it forks dies with it.
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--fork", "--pid", "--kill-child", "--mount-proc"])
-        .arg(format!("--root={}", bundle.join("rootfs").display()))
-        .arg(format!("--wd={}", process["cwd"].as_str().unwrap()))
-        .arg(format!("--setuid={uid}"))
-        .arg(format!("--setgid={gid}"))
-        .arg("--")
-        .args(
-            process["args"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a.as_str().unwrap()),
-        )
-        .env_clear()
-        .stdout(Stdio::from(file.try_clone().unwrap()))
-        .stderr(Stdio::from(file));
-    for kv in process["env"].as_array().unwrap() {
-        let (k, v) = kv.as_str().unwrap().split_once('=').unwrap();
-        cmd.env(k, v);
-    }
-    cmd.env("PORT", port.to_string());
-    let mut app = App {
-        child: cmd.spawn().unwrap(),
-        port,
-        log,
-    };
-    let deadline = std::time::Instant::now() + wait;
-    while std::time::Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return app;
-        }
-        if let Ok(Some(status)) = app.child.try_wait() {
-            panic!(
-                "the image exited ({status}) before listening:\n{}",
-                app.log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!(
-        "the image did not listen on $PORT within {wait:?}:\n{}",
-        app.log()
-    );
+    image::run_image(&tmp.join("out"), "app:test", tmp, wait)
 }
 
 /// Builds a generated app with no flags, runs it and checks that `path` answers 200 with a

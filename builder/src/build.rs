@@ -12,12 +12,14 @@ use kiln_runtimes::Runtime;
 use crate::base::{self, BaseSource};
 use crate::built::{Built, LayerKind, LayerRecord};
 use crate::host_base::LABEL_NODE_VERSION;
-use crate::image_config::{parse_env, write_image};
+use crate::image_config::{Settings, parse_env, write_image};
 use crate::pipeline::{self, Context};
 use crate::project::{BuildScript, ProjectConfig};
 use crate::shared::{NoSharedLayers, SharedLayers};
 use crate::start::{AppFiles, ENV_START};
-use crate::{Progress, Result, Step, build_step, node_version, npm, stages, start};
+use crate::{
+    BuildError, Progress, Result, Step, build_step, node_version, npm, stages, start, workspace,
+};
 
 /// Manifest annotation: the runtime an image was built for.
 pub const ANNOTATION_RUNTIME: &str = "dev.kiln.runtime";
@@ -51,6 +53,8 @@ pub struct BuildRequest {
     pub start: Option<String>,
     /// `--build-script NAME` / `--no-build`, over the project config.
     pub build_script: BuildScript,
+    /// `--workspace NAME`: the package of the monorepo at `source` to build.
+    pub workspace: Option<String>,
 }
 
 /// Builds the image `request` describes, reporting steps to `progress`.
@@ -64,13 +68,30 @@ pub fn build_with(
     progress: &dyn Progress,
     shared: &dyn SharedLayers,
 ) -> Result<Built> {
-    let source = &request.source;
-    if !source.is_dir() {
-        return Err(kiln_layers::Error::SourceMissing(source.clone()).into());
+    if !request.source.is_dir() {
+        return Err(kiln_layers::Error::SourceMissing(request.source.clone()).into());
     }
-    let packages = npm::read(source)?;
+    let ws = workspace::locate(&request.source, request.workspace.as_deref())?;
+    let (root, app_dir) = match &ws {
+        Some(ws) => {
+            progress.step(Step::Note(format!(
+                "workspace: {} ({}) of the monorepo at {}, with {}",
+                ws.name,
+                ws.dir,
+                ws.root.display(),
+                ws.members.join(", ")
+            )));
+            (ws.root.clone(), ws.root.join(&ws.dir))
+        }
+        None => (request.source.clone(), request.source.clone()),
+    };
+    let source = &app_dir;
+    let packages = match &ws {
+        Some(ws) => npm::read_workspace(ws)?,
+        None => npm::read(source)?,
+    };
     let config = ProjectConfig::read(source, &packages.package)?;
-    let runtime = choose_runtime(request, &config, progress)?;
+    let runtime = choose_runtime(source, request, &config, progress)?;
     let configured_env: Vec<String> = config.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let mut env = parse_env(&configured_env)?;
     env.extend(parse_env(&request.env)?);
@@ -79,6 +100,15 @@ pub fn build_with(
         &packages.package,
         &config.build_script(&request.build_script),
     )?;
+    if let (Some(ws), Some(script)) = (&ws, &build_script) {
+        return Err(BuildError::PackageJson {
+            path: source.join("package.json"),
+            problem: format!(
+                "the build script \"{}\" of workspace package {}: a build step inside a monorepo is not supported yet (build it first and pass --no-build, or set \"kiln\": {{\"buildScript\": false}})",
+                script.name, ws.name
+            ),
+        });
+    }
 
     let cache = LayerCache::open(&request.cache_dir)?;
     let store = cache.store().clone();
@@ -86,16 +116,33 @@ pub fn build_with(
     if let Some(have) = base.label(LABEL_NODE_VERSION) {
         node_version::check(source, &packages.package, have)?;
     }
-    let tree = SourceTree::scan(
-        source,
-        &ScanOptions {
-            ignore_files: true,
-            exclude_top: vec!["node_modules".into()],
-        },
-    )?;
-    let content = tree.content_key()?;
+    let scan = |dir: &Path| {
+        SourceTree::scan(
+            dir,
+            &ScanOptions {
+                ignore_files: true,
+                exclude_top: vec!["node_modules".into()],
+            },
+        )
+    };
+    let tree = scan(source)?;
+    let mut content = tree.content_key()?;
+    // In a monorepo, the workspace packages the app depends on ship beside it.
+    let mut members = Vec::new();
+    if let Some(ws) = &ws {
+        let mut key = CacheKey::new("workspace").with(&ws.dir, content.as_str());
+        for dir in ws.members.iter().skip(1) {
+            let member = scan(&root.join(dir))?;
+            key = key.with(dir, member.content_key()?.as_str());
+            members.push((dir.clone(), member));
+        }
+        content = key.digest();
+    }
     let cx = Context {
         source,
+        root: &root,
+        workspace: ws.as_ref(),
+        members: &members,
         packages: &packages,
         config: &config,
         runtime: &runtime,
@@ -160,14 +207,21 @@ pub fn build_with(
         .iter()
         .map(|s| (s.layer.clone(), history_line(&s.record, s.key.as_ref())))
         .collect();
+    let working_dir = match &ws {
+        Some(ws) => format!("/app/{}", ws.dir),
+        None => "/app".to_owned(),
+    };
     let (manifest, image) = write_image(
         &store,
         &base,
-        &runtime,
-        &layers,
-        env,
-        request.source_date_epoch,
-        annotations,
+        Settings {
+            runtime: &runtime,
+            layers: &layers,
+            env,
+            epoch: request.source_date_epoch,
+            annotations,
+            working_dir: &working_dir,
+        },
     )?;
     let records = base_records(&base, in_base)
         .into_iter()
@@ -226,11 +280,14 @@ pub fn build_runtime_base(
     let (manifest, image) = write_image(
         &store,
         &base,
-        &runtime,
-        &[(layer.clone(), format!("kiln runtime {}", runtime.name))],
-        Vec::new(),
-        source_date_epoch,
-        annotations,
+        Settings {
+            runtime: &runtime,
+            layers: &[(layer.clone(), format!("kiln runtime {}", runtime.name))],
+            env: Vec::new(),
+            epoch: source_date_epoch,
+            annotations,
+            working_dir: "/app",
+        },
     )?;
     let record = LayerRecord {
         kind: LayerKind::Runtime,
@@ -256,6 +313,7 @@ pub fn build_runtime_base(
 
 /// `--runtime`, else `kiln.runtime`, else detected from the source; reported with why.
 fn choose_runtime(
+    source: &Path,
     request: &BuildRequest,
     config: &ProjectConfig,
     progress: &dyn Progress,
@@ -264,7 +322,7 @@ fn choose_runtime(
         (Some(name), _) => (name.clone(), "--runtime".to_owned()),
         (None, Some(name)) => (name.clone(), "project config".to_owned()),
         (None, None) => {
-            let (name, reason) = kiln_runtimes::detect(&request.source);
+            let (name, reason) = kiln_runtimes::detect(source);
             (name.to_owned(), format!("detected: {reason}"))
         }
     };

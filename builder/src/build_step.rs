@@ -11,14 +11,16 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kiln_layers::{CacheKey, Digest, LayerCache, SourceKind, SourceTree};
+use kiln_layers::{CacheKey, Digest, SourceKind, SourceTree};
 use serde_json::Value;
 
 use crate::error::BuildScriptError;
 use crate::host_base::host_node_stamp;
+use crate::installer::{Deps, Installer};
+use crate::pipeline::Context;
 use crate::project::BuildScript;
 use crate::sandbox::{self, Script, WORK};
-use crate::{BuildError, Progress, Result, Step, npm};
+use crate::{BuildError, Progress, Result, Step};
 
 /// Default time limit of a build script.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -101,20 +103,20 @@ pub fn key(content: &Digest, lockfile: Option<&[u8]>, script: &Chosen) -> CacheK
         .with("script", format!("{}={}", script.name, script.command))
 }
 
-/// Runs `script` on a copy of `tree` (the app's shipped files) and returns the directory
-/// holding the result; its `node_modules` is only a mount point.
-pub fn run(
-    tree: &SourceTree,
-    lockfile: Option<&[u8]>,
+/// Runs `script` on a copy of the app's shipped files (`cx.tree`) and returns the directory
+/// holding the result; its `node_modules` is only a mount point. `installer` lays out every
+/// dependency, dev ones included, once per lockfile.
+pub(crate) fn run(
+    cx: &Context,
+    installer: Option<&dyn Installer>,
     script: &Chosen,
-    cache: &LayerCache,
-    timeout: Duration,
-    progress: &dyn Progress,
 ) -> Result<tempfile::TempDir> {
+    let (tree, cache, progress) = (cx.tree, cx.cache, cx.progress);
+    let timeout = cx.config.script_timeout();
     let source = tree.root();
-    let modules = match lockfile {
-        Some(lock) => Some(dev_install(source, lock, cache, progress)?),
-        None => Some(source.join("node_modules")).filter(|m| m.is_dir()),
+    let modules = match installer {
+        Some(installer) => Some(dev_install(cx, installer)?),
+        None => None,
     };
     let scratch_root = cache.store().root().join("tmp");
     std::fs::create_dir_all(&scratch_root)
@@ -202,18 +204,19 @@ pub fn run_install_scripts(
     )
 }
 
-/// All dependencies of `lockfile`, installed once into the cache; returns its node_modules.
-fn dev_install(
-    source: &Path,
-    lockfile: &[u8],
-    cache: &LayerCache,
-    progress: &dyn Progress,
-) -> Result<PathBuf> {
-    let key = CacheKey::new("dev-install")
-        .with("lockfile", Digest::of(lockfile).as_str())
-        .with("node", host_node())
-        .with("flags", DEV_INSTALL_FLAGS.join(" "));
-    let home = cache.store().root().join("dev-deps");
+/// All dependencies, installed once per installer key into the cache; returns their
+/// node_modules (a vendored one is used as it is).
+fn dev_install(cx: &Context, installer: &dyn Installer) -> Result<PathBuf> {
+    if !installer.installs() {
+        return installer.install(cx, cx.source, Deps::All);
+    }
+    let key = installer.key(
+        cx,
+        CacheKey::new("dev-install")
+            .with("node", host_node())
+            .with("deps", "all"),
+    )?;
+    let home = cx.cache.store().root().join("dev-deps");
     let done = home.join(key.digest().hex());
     let modules = done.join("node_modules");
     if modules.is_dir() {
@@ -222,15 +225,19 @@ fn dev_install(
     std::fs::create_dir_all(&home).map_err(kiln_layers::Error::io("create directory", &home))?;
     let scratch = tempfile::tempdir_in(&home)
         .map_err(kiln_layers::Error::io("create scratch directory in", &home))?;
-    progress.step(Step::Installing(format!(
-        "build deps: npm ci {} (once per lockfile)",
-        DEV_INSTALL_FLAGS.join(" ")
-    )));
-    let made = npm::install_with(source, scratch.path(), &DEV_INSTALL_FLAGS)?;
+    let made = installer.install(cx, scratch.path(), Deps::All)?;
     std::fs::create_dir_all(made.join(".cache"))
         .map_err(kiln_layers::Error::io("create directory", &made))?;
-    for name in ["package.json", "package-lock.json", ".npmrc"] {
-        let _ = std::fs::remove_file(scratch.path().join(name));
+    // Only the tree stays: no lockfile, config or `.npmrc` beside it.
+    for entry in std::fs::read_dir(scratch.path())
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        if entry.file_name() != "node_modules" {
+            let path = entry.path();
+            let _ = std::fs::remove_file(&path).or_else(|_| std::fs::remove_dir_all(&path));
+        }
     }
     // Whole or not at all: a concurrent build that got there first wins.
     let kept = scratch.keep();

@@ -53,7 +53,7 @@ pub enum BuildError {
     },
     /// Dependencies are declared but there is neither a lockfile nor `node_modules`.
     #[error(
-        "{path}: declares dependencies but there is no package-lock.json or node_modules (run npm install)"
+        "{path}: declares dependencies but there is no lockfile (package-lock.json, pnpm-lock.yaml, yarn.lock) or node_modules (run npm, pnpm or yarn install and keep the lockfile)"
     )]
     MissingLockfile {
         /// The package.json.
@@ -68,6 +68,26 @@ pub enum BuildError {
         status: String,
         /// The end of npm's output.
         output: String,
+    },
+    /// pnpm or yarn could not be started or failed.
+    #[error("{command} for {source_dir} failed ({status}): {output}")]
+    Install {
+        /// What ran (`pnpm@9.15.9 install`).
+        command: String,
+        /// The source directory whose dependencies were installed.
+        source_dir: PathBuf,
+        /// Exit status or spawn error.
+        status: String,
+        /// The end of its output.
+        output: String,
+    },
+    /// The package manager could not be fetched.
+    #[error("fetching {tool} with npm pack: {problem}")]
+    FetchTool {
+        /// `pnpm@9.15.9`.
+        tool: String,
+        /// What went wrong.
+        problem: String,
     },
     /// The host's node could not be made into a base image.
     #[error("base from host node {node}: {problem}")]

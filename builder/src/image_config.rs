@@ -38,16 +38,36 @@ pub fn parse_env(env: &[String]) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-/// Writes config and manifest of `base` plus `layers` (each with its history line).
+/// What goes on top of a base: new layers (each with its history line) and settings.
+pub(crate) struct Settings<'a> {
+    /// The runtime: entrypoint and port.
+    pub runtime: &'a Runtime,
+    /// The new layers, bottom first, with their history lines.
+    pub layers: &'a [(Layer, String)],
+    /// Environment, after the base's and the defaults.
+    pub env: Vec<(String, String)>,
+    /// Creation time (`SOURCE_DATE_EPOCH`).
+    pub epoch: u64,
+    /// Manifest annotations.
+    pub annotations: BTreeMap<String, String>,
+    /// The working directory (`/app`, or a monorepo package's).
+    pub working_dir: &'a str,
+}
+
+/// Writes config and manifest of `base` plus `settings`.
 pub(crate) fn write_image(
     store: &BlobStore,
     base: &Base,
-    runtime: &Runtime,
-    layers: &[(Layer, String)],
-    env: Vec<(String, String)>,
-    epoch: u64,
-    annotations: BTreeMap<String, String>,
+    settings: Settings,
 ) -> Result<(Descriptor, ImageManifest)> {
+    let Settings {
+        runtime,
+        layers,
+        env,
+        epoch,
+        annotations,
+        working_dir,
+    } = settings;
     let created = rfc3339(epoch);
     let mut config = base.config.clone();
     config.created = Some(created.clone());
@@ -73,7 +93,7 @@ pub(crate) fn write_image(
     run.env = Some(vars.into_iter().map(|(k, v)| format!("{k}={v}")).collect());
     run.entrypoint = Some(runtime.entrypoint.clone());
     run.cmd = None;
-    run.working_dir = Some("/app".into());
+    run.working_dir = Some(working_dir.into());
     let user = run
         .user
         .take()

@@ -16,6 +16,7 @@ pub mod native;
 pub mod node_version;
 pub mod npm;
 pub mod output;
+pub mod package_manager;
 mod pipeline;
 pub mod progress;
 pub mod project;
@@ -28,6 +29,7 @@ pub mod seen;
 pub mod shared;
 mod stages;
 pub mod start;
+pub mod workspace;
 
 pub use base::{BaseRef, BaseSource};
 pub use build::{BuildRequest, build, build_runtime_base, build_with};

@@ -6,6 +6,8 @@ use std::process::Command;
 
 use serde_json::Value;
 
+use crate::package_manager::{LockKind, Lockfile, find_lockfile};
+use crate::workspace::Workspace;
 use crate::{BuildError, Result};
 
 /// Flags of the dependency install; part of the deps cache key.
@@ -22,40 +24,59 @@ pub const NPM_CI_FLAGS: [&str; 5] = [
 pub struct Manifest {
     /// The package.json contents (null when absent).
     pub package: Value,
-    /// Lockfile bytes, if there is one.
-    pub lockfile: Option<Vec<u8>>,
-    /// The lockfile parsed (null when absent), read once for everyone who needs it.
+    /// The lockfile, if there is one (npm's, pnpm's or yarn's).
+    pub lockfile: Option<Lockfile>,
+    /// An npm lockfile parsed (null otherwise), read once for everyone who needs it.
     pub lock: Value,
 }
 
-/// Reads and checks `package.json` and `package-lock.json` of `source`.
+/// Reads and checks `package.json` and the lockfile of `source`.
 pub fn read(source: &Path) -> Result<Manifest> {
-    let pkg_path = source.join("package.json");
-    let package = match std::fs::read(&pkg_path) {
+    read_in(source, None)
+}
+
+/// Reads the package.json of the workspace package `ws` and the monorepo's lockfile, checked
+/// against it.
+pub fn read_workspace(ws: &Workspace) -> Result<Manifest> {
+    read_in(&ws.root, Some(&ws.dir))
+}
+
+fn read_json(path: &Path) -> Result<Value> {
+    let package = match std::fs::read(path) {
         Ok(bytes) => {
             serde_json::from_slice::<Value>(&bytes).map_err(|e| BuildError::PackageJson {
-                path: pkg_path.clone(),
+                path: path.to_owned(),
                 problem: e.to_string(),
             })?
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Value::Null,
-        Err(e) => return Err(kiln_layers::Error::io("read", &pkg_path)(e).into()),
+        Err(e) => return Err(kiln_layers::Error::io("read", path)(e).into()),
     };
     if !package.is_null() && !package.is_object() {
         return Err(BuildError::PackageJson {
-            path: pkg_path,
+            path: path.to_owned(),
             problem: "not a JSON object".into(),
         });
     }
-    let lock_path = source.join("package-lock.json");
-    let lockfile = match std::fs::read(&lock_path) {
-        Ok(bytes) => Some(bytes),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(kiln_layers::Error::io("read", &lock_path)(e).into()),
+    Ok(package)
+}
+
+/// package.json of `root` (or of its package `dir`) and the lockfile of `root`.
+fn read_in(root: &Path, dir: Option<&str>) -> Result<Manifest> {
+    let root_package = read_json(&root.join("package.json"))?;
+    let package = match dir {
+        Some(dir) => read_json(&root.join(dir).join("package.json"))?,
+        None => root_package.clone(),
     };
+    let lockfile = find_lockfile(root, &root_package)?;
     let lock = match &lockfile {
-        Some(bytes) => check_lockfile(&lock_path, bytes, &package)?,
-        None => Value::Null,
+        Some(lock) if lock.kind == LockKind::Npm => check_lockfile(
+            &root.join(lock.name),
+            &lock.bytes,
+            &package,
+            dir.unwrap_or_default(),
+        )?,
+        _ => Value::Null,
     };
     Ok(Manifest {
         package,
@@ -65,6 +86,11 @@ pub fn read(source: &Path) -> Result<Manifest> {
 }
 
 impl Manifest {
+    /// The lockfile's bytes, if there is one.
+    pub fn lock_bytes(&self) -> Option<&[u8]> {
+        self.lockfile.as_ref().map(|l| l.bytes.as_slice())
+    }
+
     /// True when package.json declares runtime dependencies.
     pub fn has_dependencies(&self) -> bool {
         ["dependencies", "optionalDependencies"].iter().any(|k| {
@@ -87,8 +113,9 @@ fn deps(v: &Value, key: &str) -> BTreeMap<String, String> {
         .unwrap_or_default()
 }
 
-/// Parses and checks a lockfile against package.json; returns it parsed.
-fn check_lockfile(path: &Path, bytes: &[u8], package: &Value) -> Result<Value> {
+/// Parses and checks a lockfile against package.json (of the package at `entry`, `""` for the
+/// root); returns it parsed.
+fn check_lockfile(path: &Path, bytes: &[u8], package: &Value, entry: &str) -> Result<Value> {
     let lock: Value = serde_json::from_slice(bytes).map_err(|e| BuildError::Lockfile {
         path: path.into(),
         problem: e.to_string(),
@@ -100,7 +127,11 @@ fn check_lockfile(path: &Path, bytes: &[u8], package: &Value) -> Result<Value> {
             problem: format!("lockfileVersion {version:?} (need 2 or 3, npm 7 or newer)"),
         });
     }
-    let root = lock.pointer("/packages/").cloned().unwrap_or(Value::Null);
+    let root = lock
+        .get("packages")
+        .and_then(|p| p.get(entry))
+        .cloned()
+        .unwrap_or(Value::Null);
     for key in ["dependencies", "devDependencies", "optionalDependencies"] {
         let (want, have) = (deps(package, key), deps(&root, key));
         if want != have {
@@ -128,22 +159,10 @@ fn check_lockfile(path: &Path, bytes: &[u8], package: &Value) -> Result<Value> {
     Ok(lock)
 }
 
-/// Runs `npm ci` for `source` in `scratch` (package.json, lockfile and a source `.npmrc` are
-/// copied there) and returns the `node_modules` it made. npm's own config (`~/.npmrc`,
-/// `NPM_TOKEN`, `npm_config_*`) applies; nothing of it reaches a layer.
-pub fn install(source: &Path, scratch: &Path) -> Result<PathBuf> {
-    install_with(source, scratch, &NPM_CI_FLAGS)
-}
-
-/// [`install`] with other `npm ci` flags.
+/// Runs `npm ci` with `flags` in `scratch` (where package.json, the lockfile and a source
+/// `.npmrc` were copied from `source`) and returns the `node_modules` it made. npm's own
+/// config (`~/.npmrc`, `NPM_TOKEN`, `npm_config_*`) applies; nothing of it reaches a layer.
 pub fn install_with(source: &Path, scratch: &Path, flags: &[&str]) -> Result<PathBuf> {
-    for name in ["package.json", "package-lock.json", ".npmrc"] {
-        let from = source.join(name);
-        if from.is_file() {
-            std::fs::copy(&from, scratch.join(name))
-                .map_err(kiln_layers::Error::io("copy", &from))?;
-        }
-    }
     let failed = |status: String, output: String| BuildError::Npm {
         source_dir: source.into(),
         status,
@@ -162,4 +181,20 @@ pub fn install_with(source: &Path, scratch: &Path, flags: &[&str]) -> Result<Pat
         return Err(failed(out.status.to_string(), tail));
     }
     Ok(scratch.join("node_modules"))
+}
+
+/// The version of the `npm` on PATH, read from its package.json (no process started), or
+/// `unknown`.
+pub fn npm_version() -> String {
+    let found = crate::host_base::which("npm")
+        .and_then(|bin| std::fs::canonicalize(bin).ok())
+        .and_then(|real| {
+            real.ancestors().skip(1).take(3).find_map(|dir| {
+                let package: Value =
+                    serde_json::from_slice(&std::fs::read(dir.join("package.json")).ok()?).ok()?;
+                (package.get("name")?.as_str()? == "npm")
+                    .then(|| package.get("version")?.as_str().map(str::to_owned))?
+            })
+        });
+    found.unwrap_or_else(|| "unknown".into())
 }

@@ -13,12 +13,17 @@ use crate::built::{LayerKind, LayerRecord};
 use crate::image::Base;
 use crate::project::ProjectConfig;
 use crate::shared::SharedLayers;
+use crate::workspace::Workspace;
 use crate::{Progress, Result, Step, npm, seen};
 
 /// What every stage may read: the inputs of the build and what earlier steps resolved.
 pub(crate) struct Context<'a> {
-    /// The app's source directory.
+    /// The app's directory (a workspace package's own directory in a monorepo).
     pub source: &'a Path,
+    /// Where its lockfile is: `source`, or the monorepo's root.
+    pub root: &'a Path,
+    /// The monorepo package being built, if it is one.
+    pub workspace: Option<&'a Workspace>,
     /// package.json and the lockfile.
     pub packages: &'a npm::Manifest,
     /// The project's `kiln` settings.
@@ -29,7 +34,9 @@ pub(crate) struct Context<'a> {
     pub base: &'a Base,
     /// The app's shipped files (ignore files applied, `node_modules` left out).
     pub tree: &'a SourceTree,
-    /// The content digest of `tree`.
+    /// In a monorepo, the other workspace packages that ship (directory from the root, files).
+    pub members: &'a [(String, SourceTree)],
+    /// The content digest of `tree` (and of `members`).
     pub content: &'a Digest,
     /// Layer cache and blob store.
     pub cache: &'a LayerCache,

@@ -95,6 +95,14 @@ impl SourceTree {
         &self.entries
     }
 
+    /// The same tree with only the entries `keep` accepts.
+    pub fn filtered(&self, keep: impl Fn(&SourceEntry) -> bool) -> SourceTree {
+        SourceTree {
+            root: self.root.clone(),
+            entries: self.entries.iter().filter(|e| keep(e)).cloned().collect(),
+        }
+    }
+
     /// Adds every entry to `layer` under `prefix` (e.g. `app`).
     pub fn add_to(&self, layer: &mut LayerBuilder, prefix: &str) {
         for e in &self.entries {

@@ -26,7 +26,14 @@ const Module = require('module');
 const { spawn } = require('child_process');
 
 const appDir = process.cwd();
-const binDir = path.join(appDir, 'node_modules', '.bin');
+// node_modules of the app and of every directory above it (a monorepo's root), nearest
+// first, as `npm run` puts their .bin on PATH.
+const moduleDirs = [];
+for (let dir = appDir; ; dir = path.dirname(dir)) {
+  moduleDirs.push(path.join(dir, 'node_modules'));
+  if (dir === path.dirname(dir)) break;
+}
+const binDirs = moduleDirs.map((dir) => path.join(dir, '.bin'));
 
 function fail(message) {
   process.stderr.write(`kiln: ${message}\n`);
@@ -102,9 +109,55 @@ function findProgram(name) {
     const file = path.resolve(appDir, name);
     return fs.existsSync(file) ? file : null;
   }
-  for (const dir of [binDir, ...(process.env.PATH || '').split(':')]) {
+  for (const dir of [...binDirs, ...(process.env.PATH || '').split(':')]) {
     const file = path.join(dir, name);
     if (dir && fs.existsSync(file)) return file;
+  }
+  return null;
+}
+
+// The file a top-level package of the node_modules above declares as its bin `name`.
+function packageBin(name) {
+  for (const modules of moduleDirs) {
+    const found = packageBinIn(modules, name);
+    if (found) return found;
+  }
+  return null;
+}
+
+function packageBinIn(modules, name) {
+  const dirs = [];
+  let entries = [];
+  try {
+    entries = fs.readdirSync(modules);
+  } catch (err) {
+    return null;
+  }
+  for (const entry of entries) {
+    if (entry.startsWith('.')) continue;
+    if (entry.startsWith('@')) {
+      try {
+        for (const sub of fs.readdirSync(path.join(modules, entry))) dirs.push(path.join(modules, entry, sub));
+      } catch (err) {
+        // not a scope directory
+      }
+    } else {
+      dirs.push(path.join(modules, entry));
+    }
+  }
+  for (const dir of dirs) {
+    let pkg;
+    try {
+      pkg = JSON.parse(fs.readFileSync(path.join(dir, 'package.json'), 'utf8'));
+    } catch (err) {
+      continue;
+    }
+    const own = (pkg.name || '').split('/').pop();
+    const rel = typeof pkg.bin === 'string' ? (own === name ? pkg.bin : null) : pkg.bin && pkg.bin[name];
+    if (rel) {
+      const file = path.join(dir, rel);
+      if (fs.existsSync(file)) return fs.realpathSync(file);
+    }
   }
   return null;
 }
@@ -123,7 +176,7 @@ function runChild(file, args, env) {
 
 function start(chosen) {
   const env = { ...process.env, PORT: process.env.PORT || '8080' };
-  env.PATH = [binDir, env.PATH || '/usr/local/bin:/usr/bin:/bin'].join(':');
+  env.PATH = [...binDirs, env.PATH || '/usr/local/bin:/usr/bin:/bin'].join(':');
   let words = splitWords(chosen.command.trim());
   if (!words) {
     if (fs.existsSync('/bin/sh')) {
@@ -168,6 +221,9 @@ function start(chosen) {
     );
   }
   if (isNodeScript(file)) return runChild(process.execPath, [fs.realpathSync(file), ...args], env);
+  // pnpm's node_modules/.bin entries are shell shims: run the package's bin with node.
+  const bin = binDirs.includes(path.dirname(file)) ? packageBin(program) : null;
+  if (bin) return runChild(process.execPath, [bin, ...args], env);
   return runChild(file, args, env);
 }
 

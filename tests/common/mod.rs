@@ -2,6 +2,7 @@
 //! the real servers (docker-registry) and a fault-injecting proxy on loopback.
 #![allow(dead_code)]
 
+pub mod image;
 pub mod nats;
 pub mod proxy;
 pub mod registry;

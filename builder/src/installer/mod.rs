@@ -1,38 +1,71 @@
-//! The installer seam: how the production dependencies of an app become the tree of its deps
-//! layer. Each installer says what decides its tree (its cache key) and installs it into a
-//! scratch directory. A new package manager is a new file here plus one line in [`choose`].
+//! The installer seam: how the dependencies of an app become the tree of its deps layer (and
+//! the full tree a build script runs with). Each installer says what decides its tree (its
+//! cache key) and installs it into a scratch directory. A new package manager is a new file
+//! here plus one line in [`choose`].
 
 mod npm_ci;
+mod pnpm;
 mod vendored;
+mod yarn;
 
 use std::path::{Path, PathBuf};
 
 use kiln_layers::CacheKey;
 
+use crate::package_manager::{LockKind, Tool};
 use crate::pipeline::Context;
 use crate::{BuildError, Result};
 
-/// Installs the production dependencies of an app.
+/// Which dependencies to install.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Deps {
+    /// Production dependencies only: what the image ships.
+    Production,
+    /// Dev ones too: what a build script runs with.
+    All,
+}
+
+/// Installs the dependencies of an app.
 pub(crate) trait Installer {
-    /// How it is named in progress and records (`npm ci`).
-    fn name(&self) -> &'static str;
+    /// How it is named in progress and records (`npm ci`, `pnpm@9.15.9 install`).
+    fn name(&self) -> String;
     /// `key` plus everything that decides the tree it installs.
     fn key(&self, cx: &Context, key: CacheKey) -> Result<CacheKey>;
     /// Whether the tree may hold native code, judged before installing (the lockfile's
     /// install scripts and os/cpu/libc constraints); such a layer is keyed by Node ABI and
     /// platform. Native code found only after installing is keyed so too.
     fn may_be_native(&self, cx: &Context) -> bool;
-    /// Installs into `scratch` and returns the `node_modules` directory to layer.
-    fn install(&self, cx: &Context, scratch: &Path) -> Result<PathBuf>;
+    /// Installs `deps` into `scratch` and returns the `node_modules` directory to use.
+    fn install(&self, cx: &Context, scratch: &Path, deps: Deps) -> Result<PathBuf>;
+    /// In a monorepo: whether the installed path `rel` (relative to the root, under a
+    /// `node_modules` of the root or of a member) belongs to the workspace's closure.
+    /// `path` is where it is in the scratch directory.
+    fn keeps(&self, _cx: &Context, _rel: &str, _path: &Path) -> bool {
+        true
+    }
+    /// False when [`Installer::install`] hands back a tree that already exists (vendored).
+    fn installs(&self) -> bool {
+        true
+    }
 }
 
 /// The installer for the app in `cx`, or `None` when it has no dependencies.
 pub(crate) fn choose(cx: &Context) -> Result<Option<Box<dyn Installer>>> {
-    if cx.source.join("node_modules").is_dir() {
+    if cx.workspace.is_none() && cx.source.join("node_modules").is_dir() {
         return Ok(Some(Box::new(vendored::Vendored::scan(cx.source)?)));
     }
-    if cx.packages.lockfile.is_some() {
-        return Ok(Some(Box::new(npm_ci::NpmCi)));
+    if let Some(lock) = &cx.packages.lockfile {
+        let root_package = match cx.workspace {
+            Some(_) => read_root_package(cx.root),
+            None => cx.packages.package.clone(),
+        };
+        let tool = Tool::for_lockfile(cx.root, &root_package, lock)?;
+        return Ok(Some(match (lock.kind, tool) {
+            (LockKind::Npm, _) | (_, None) => Box::<npm_ci::NpmCi>::default(),
+            (LockKind::Pnpm, Some(tool)) => Box::new(pnpm::Pnpm { tool }),
+            (LockKind::YarnClassic, Some(tool)) => Box::new(yarn::Yarn { tool, berry: false }),
+            (LockKind::YarnBerry, Some(tool)) => Box::new(yarn::Yarn { tool, berry: true }),
+        }));
     }
     if cx.packages.has_dependencies() {
         return Err(BuildError::MissingLockfile {
@@ -40,4 +73,69 @@ pub(crate) fn choose(cx: &Context) -> Result<Option<Box<dyn Installer>>> {
         });
     }
     Ok(None)
+}
+
+fn read_root_package(root: &Path) -> serde_json::Value {
+    std::fs::read(root.join("package.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Copies the files an install reads (package.json, the lockfile, package-manager config,
+/// `names`) from the app's root into `scratch`; in a monorepo, every package's package.json
+/// too (the lockfile covers them all).
+pub(crate) fn copy_inputs(cx: &Context, scratch: &Path, names: &[&str]) -> Result<()> {
+    let copy = |from: PathBuf, to: PathBuf| -> Result<()> {
+        if from.is_file() {
+            if let Some(parent) = to.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(kiln_layers::Error::io("create directory", parent))?;
+            }
+            std::fs::copy(&from, &to).map_err(kiln_layers::Error::io("copy", &from))?;
+        }
+        Ok(())
+    };
+    for name in names {
+        copy(cx.root.join(name), scratch.join(name))?;
+    }
+    for dir in cx.workspace.map(|w| w.all.as_slice()).unwrap_or_default() {
+        let rel = Path::new(dir).join("package.json");
+        copy(cx.root.join(&rel), scratch.join(&rel))?;
+    }
+    Ok(())
+}
+
+/// Runs `tool` (its entry script with node) with `args` in `scratch`, `env` added; a failure
+/// names the command and ends with the last lines of its output.
+pub(crate) fn run_tool(
+    cx: &Context,
+    tool: &Tool,
+    args: &[&str],
+    scratch: &Path,
+    env: &[(&str, String)],
+) -> Result<()> {
+    let entry = tool.fetch(&cx.cache.store().root().join("tools"))?;
+    let command = format!("{} {}", tool.label(), args.join(" "));
+    let failed = |status: String, output: String| BuildError::Install {
+        command: command.clone(),
+        source_dir: cx.source.to_owned(),
+        status,
+        output,
+    };
+    let out = std::process::Command::new("node")
+        .arg(&entry)
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .current_dir(scratch)
+        .output()
+        .map_err(|e| failed(format!("cannot run node: {e}"), String::new()))?;
+    if !out.status.success() {
+        let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&out.stderr));
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let tail = lines[lines.len().saturating_sub(8)..].join("\n");
+        return Err(failed(out.status.to_string(), tail));
+    }
+    Ok(())
 }

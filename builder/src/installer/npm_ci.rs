@@ -5,11 +5,18 @@ use std::path::{Path, PathBuf};
 
 use kiln_layers::{CacheKey, Digest};
 
-use super::Installer;
-use crate::pipeline::Context;
-use crate::{Result, Step, build_step, native, npm};
+use super::{Deps, Installer, copy_inputs};
 
-pub(crate) struct NpmCi;
+/// The files `npm ci` reads.
+const INPUTS: [&str; 3] = ["package.json", "package-lock.json", ".npmrc"];
+use crate::pipeline::Context;
+use crate::{Result, Step, build_step, native, npm, workspace};
+
+/// `npm ci`; in a monorepo, the workspace's closure once computed.
+#[derive(Default)]
+pub(crate) struct NpmCi {
+    closure: std::cell::OnceCell<std::collections::BTreeSet<String>>,
+}
 
 impl NpmCi {
     /// The production packages with install scripts: those the app allows, and the others.
@@ -21,24 +28,85 @@ impl NpmCi {
 }
 
 impl Installer for NpmCi {
-    fn name(&self) -> &'static str {
-        "npm ci"
+    fn name(&self) -> String {
+        "npm ci".into()
     }
 
     fn key(&self, cx: &Context, key: CacheKey) -> Result<CacheKey> {
-        let lock = cx.packages.lockfile.as_deref().unwrap_or_default();
         let (allowed, _) = Self::scripts(cx);
+        let lock = match cx.workspace {
+            // Only the part of the lockfile the package needs: another package's change
+            // leaves this layer a cache hit.
+            Some(ws) => {
+                let entries = cx.packages.lock.get("packages");
+                let closure: serde_json::Map<String, serde_json::Value> =
+                    workspace::npm_closure(&cx.packages.lock, ws)
+                        .into_iter()
+                        .chain(ws.members.iter().cloned())
+                        .filter_map(|k| Some((k.clone(), entries?.get(&k)?.clone())))
+                        .collect();
+                Digest::of(
+                    serde_json::to_string(&closure)
+                        .unwrap_or_default()
+                        .as_bytes(),
+                )
+            }
+            None => Digest::of(cx.packages.lock_bytes().unwrap_or_default()),
+        };
         Ok(key
-            .with("lockfile", Digest::of(lock).as_str())
+            .with("lockfile", lock.as_str())
+            .with("manager", format!("npm@{}", npm::npm_version()))
             .with("flags", npm::NPM_CI_FLAGS.join(" "))
             .with("scripts", allowed.join(",")))
+    }
+
+    fn keeps(&self, cx: &Context, rel: &str, path: &Path) -> bool {
+        let Some(ws) = cx.workspace else {
+            return true;
+        };
+        let closure = self
+            .closure
+            .get_or_init(|| workspace::npm_closure(&cx.packages.lock, ws));
+        match workspace::owning_package(rel) {
+            // A `.bin` link is kept when the package it points into is.
+            Some(owner) if owner.ends_with("/.bin") => {
+                let Ok(target) = std::fs::read_link(path) else {
+                    return false;
+                };
+                let dir = Path::new(rel).parent().unwrap_or(Path::new(""));
+                let mut parts: Vec<String> = Vec::new();
+                for part in dir.join(target).components() {
+                    match part {
+                        std::path::Component::ParentDir => {
+                            parts.pop();
+                        }
+                        std::path::Component::Normal(p) => {
+                            parts.push(p.to_string_lossy().into_owned())
+                        }
+                        _ => {}
+                    }
+                }
+                workspace::owning_package(&parts.join("/"))
+                    .is_some_and(|owner| closure.contains(&owner))
+            }
+            Some(owner) => closure.contains(&owner),
+            None => true,
+        }
     }
 
     fn may_be_native(&self, cx: &Context) -> bool {
         native::lockfile_may_have_native_code(&cx.packages.lock)
     }
 
-    fn install(&self, cx: &Context, scratch: &Path) -> Result<PathBuf> {
+    fn install(&self, cx: &Context, scratch: &Path, deps: Deps) -> Result<PathBuf> {
+        if deps == Deps::All {
+            cx.progress.step(Step::Installing(format!(
+                "build deps: npm ci {} (once per lockfile)",
+                build_step::DEV_INSTALL_FLAGS.join(" ")
+            )));
+            copy_inputs(cx, scratch, &INPUTS)?;
+            return npm::install_with(cx.root, scratch, &build_step::DEV_INSTALL_FLAGS);
+        }
         let (allowed, skipped) = Self::scripts(cx);
         for name in &cx.config.allow_scripts {
             if !allowed.contains(name) {
@@ -50,7 +118,8 @@ impl Installer for NpmCi {
         cx.progress.step(Step::Installing(
             "deps: npm ci --omit=dev --ignore-scripts".into(),
         ));
-        let modules = npm::install(cx.source, scratch)?;
+        copy_inputs(cx, scratch, &INPUTS)?;
+        let modules = npm::install_with(cx.root, scratch, &npm::NPM_CI_FLAGS)?;
         if !modules.is_dir() {
             std::fs::create_dir_all(&modules)
                 .map_err(kiln_layers::Error::io("create directory", &modules))?;

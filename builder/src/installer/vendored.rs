@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use kiln_layers::source::ScanOptions;
 use kiln_layers::{CacheKey, SourceTree};
 
-use super::Installer;
+use super::{Deps, Installer};
 use crate::Result;
 use crate::pipeline::Context;
 
@@ -27,8 +27,8 @@ impl Vendored {
 }
 
 impl Installer for Vendored {
-    fn name(&self) -> &'static str {
-        "node_modules in source"
+    fn name(&self) -> String {
+        "node_modules in source".into()
     }
 
     fn key(&self, _: &Context, key: CacheKey) -> Result<CacheKey> {
@@ -39,7 +39,11 @@ impl Installer for Vendored {
         true
     }
 
-    fn install(&self, _: &Context, _: &Path) -> Result<PathBuf> {
+    fn install(&self, _: &Context, _: &Path, _: Deps) -> Result<PathBuf> {
         Ok(self.modules.clone())
+    }
+
+    fn installs(&self) -> bool {
+        false
     }
 }

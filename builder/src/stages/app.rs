@@ -27,20 +27,37 @@ impl Stage for App {
 
     fn make(&self, cx: &Context, keys: &[CacheKey]) -> Result<Made> {
         Ok(Made {
-            layer: app_layer(cx, cx.tree).write_to(cx.cache.store())?,
+            layer: app_layer(cx, cx.tree)?.write_to(cx.cache.store())?,
             key: keys[0].clone(),
             detail: None,
         })
     }
 }
 
-/// `/app` holding `tree`, plus the directories the app's framework writes at run time.
-pub(super) fn app_layer(cx: &Context, tree: &SourceTree) -> LayerBuilder {
+/// `/app` holding `tree`, plus the directories the app's framework writes at run time; in a
+/// monorepo `/app` is its root: the package and the workspace packages it needs at their
+/// places, and the root's package.json.
+pub(super) fn app_layer(cx: &Context, tree: &SourceTree) -> Result<LayerBuilder> {
     let mut layer = LayerBuilder::new(cx.epoch);
     layer.add("app", Entry::dir());
-    tree.add_to(&mut layer, "app");
+    let at = match cx.workspace {
+        Some(ws) => {
+            let root_package = cx.root.join("package.json");
+            let size = std::fs::metadata(&root_package)
+                .map_err(kiln_layers::Error::io("stat", &root_package))?
+                .len();
+            layer.add("app/package.json", Entry::file(root_package, size, false));
+            for (dir, member) in cx.members {
+                member.add_to(&mut layer, &format!("app/{dir}"));
+            }
+            format!("app/{}", ws.dir)
+        }
+        None => "app".to_owned(),
+    };
+    layer.add(&at, Entry::dir());
+    tree.add_to(&mut layer, &at);
     for (dir, mode) in start::framework_dirs(&cx.packages.package) {
-        layer.add(&format!("app/{dir}"), Entry::dir().with_mode(*mode));
+        layer.add(&format!("{at}/{dir}"), Entry::dir().with_mode(*mode));
     }
-    layer
+    Ok(layer)
 }

@@ -5,10 +5,10 @@ use kiln_layers::source::ScanOptions;
 use kiln_layers::{CacheKey, SourceTree};
 
 use super::app::app_layer;
-use crate::Result;
 use crate::build_step::{self, Chosen};
 use crate::built::LayerKind;
 use crate::pipeline::{Context, Made, Plan, Stage};
+use crate::{Result, installer};
 
 pub(crate) struct BuiltApp {
     pub(crate) script: Chosen,
@@ -20,7 +20,7 @@ impl Stage for BuiltApp {
     }
 
     fn plan(&self, cx: &Context) -> Result<Plan> {
-        let key = build_step::key(cx.content, cx.packages.lockfile.as_deref(), &self.script)
+        let key = build_step::key(cx.content, cx.packages.lock_bytes(), &self.script)
             .with("mtime", cx.epoch.to_string());
         Ok(Plan::Layer {
             keys: vec![key],
@@ -30,14 +30,8 @@ impl Stage for BuiltApp {
     }
 
     fn make(&self, cx: &Context, keys: &[CacheKey]) -> Result<Made> {
-        let built = build_step::run(
-            cx.tree,
-            cx.packages.lockfile.as_deref(),
-            &self.script,
-            cx.cache,
-            cx.config.script_timeout(),
-            cx.progress,
-        )?;
+        let installer = installer::choose(cx)?;
+        let built = build_step::run(cx, installer.as_deref(), &self.script)?;
         let output = SourceTree::scan(
             built.path(),
             &ScanOptions {
@@ -46,7 +40,7 @@ impl Stage for BuiltApp {
             },
         )?;
         Ok(Made {
-            layer: app_layer(cx, &output).write_to(cx.cache.store())?,
+            layer: app_layer(cx, &output)?.write_to(cx.cache.store())?,
             key: keys[0].clone(),
             detail: Some(format!(
                 "{} entries, built by script \"{}\"",

@@ -11,7 +11,7 @@ use crate::built::LayerKind;
 use crate::host_base::{LABEL_LIBC, LABEL_NODE_ABI};
 use crate::installer::{self, Installer};
 use crate::pipeline::{Context, Made, Plan, Stage};
-use crate::{Result, Step, native};
+use crate::{Result, Step, native, workspace};
 
 /// The deps stage; remembers the installer its plan chose.
 #[derive(Default)]
@@ -53,7 +53,7 @@ impl Stage for Deps {
         } else {
             vec![native, portable]
         };
-        let detail = installer.name().to_owned();
+        let detail = installer.name();
         let _ = self.installer.set(installer);
         Ok(Plan::Layer {
             keys,
@@ -71,7 +71,7 @@ impl Stage for Deps {
             "create scratch directory in",
             &scratch_root,
         ))?;
-        let modules = installer.install(cx, scratch.path())?;
+        let modules = installer.install(cx, scratch.path(), installer::Deps::Production)?;
         let native = native::packages_with_native_code(&modules);
         let key = if native.is_empty() {
             keys.last()
@@ -84,12 +84,25 @@ impl Stage for Deps {
             )));
             keys.first()
         };
-        let tree = SourceTree::scan(&modules, &ScanOptions::default())?;
         let mut layer = LayerBuilder::new(cx.epoch);
         layer
             .add("app", Entry::dir())
             .add("app/node_modules", Entry::dir());
-        tree.add_to(&mut layer, "app/node_modules");
+        match cx.workspace {
+            // The node_modules of the root and of the members, as far as the closure goes.
+            Some(ws) => {
+                let tree = SourceTree::scan(scratch.path(), &ScanOptions::default())?;
+                tree.filtered(|entry| {
+                    workspace::in_members_modules(ws, &entry.rel)
+                        && installer.keeps(cx, &entry.rel, &entry.path)
+                })
+                .add_to(&mut layer, "app");
+            }
+            None => {
+                let tree = SourceTree::scan(&modules, &ScanOptions::default())?;
+                tree.add_to(&mut layer, "app/node_modules");
+            }
+        }
         Ok(Made {
             layer: layer.write_to(cx.cache.store())?,
             key: key.expect("at least one key").clone(),

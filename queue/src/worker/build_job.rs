@@ -174,6 +174,7 @@ async fn build(
         cache_dir: ctx.opts.cache_dir.clone(),
         start: None,
         build_script: kiln_builder::BuildScript::Auto,
+        workspace: None,
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<Step>();
     let shared =
