@@ -125,8 +125,17 @@ fn pnpm_app_builds_and_runs_and_a_pnpm_bin_starts_it() {
 fn yarn_classic_app_builds_and_answers() {
     let tmp = tempfile::tempdir().unwrap();
     let app = setup("yarn-classic-app", tmp.path());
+    let pkg = app.join("package.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&pkg).unwrap()).unwrap();
+    json["kiln"] = serde_json::json!({"allowScripts": ["debug"]});
+    std::fs::write(&pkg, serde_json::to_vec_pretty(&json).unwrap()).unwrap();
     let err = built(&build(&app, tmp.path(), &[]));
     assert!(err.contains("deps: yarn@1.22.22 install"), "{err}");
+    assert!(
+        err.contains("kiln.allowScripts (debug) is run for npm installs only"),
+        "{err}"
+    );
     assert!(answer(tmp.path()).contains("Welcome to Express"));
 }
 

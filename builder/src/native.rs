@@ -37,6 +37,53 @@ pub fn lockfile_may_have_native_code(lock: &Value) -> bool {
         })
 }
 
+/// Installed packages under `modules` with install scripts (`preinstall`, `install`,
+/// `postinstall`, or a `binding.gyp`, which npm builds), by name; for any package manager's
+/// layout (symlinked entries, as pnpm's, are not followed twice).
+pub fn packages_with_install_scripts(modules: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    scripted(modules, &mut found, 0);
+    found.sort();
+    found.dedup();
+    found
+}
+
+fn scripted(dir: &Path, found: &mut Vec<String>, depth: usize) {
+    if depth > 12 {
+        return;
+    }
+    let in_pnpm_store = dir.file_name().is_some_and(|n| n == ".pnpm");
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if !entry.file_type().is_ok_and(|k| k.is_dir()) {
+            continue;
+        }
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // pnpm's virtual store: .pnpm/<id>/node_modules/<name>
+        if name.starts_with('@') || name == ".pnpm" || name == "node_modules" || in_pnpm_store {
+            scripted(&path, found, depth + 1);
+            continue;
+        }
+        if let Ok(bytes) = std::fs::read(path.join("package.json"))
+            && let Ok(package) = serde_json::from_slice::<Value>(&bytes)
+        {
+            let scripts = package.get("scripts");
+            let has_script = ["preinstall", "install", "postinstall"]
+                .iter()
+                .any(|s| scripts.and_then(|m| m.get(s)).is_some());
+            if (has_script || path.join("binding.gyp").is_file())
+                && let Some(own) = package.get("name").and_then(Value::as_str)
+            {
+                found.push(own.to_owned());
+            }
+        }
+        let nested = path.join("node_modules");
+        if nested.is_dir() {
+            scripted(&nested, found, depth + 1);
+        }
+    }
+}
+
 /// Packages under `modules` (a `node_modules`) holding native code, by name.
 pub fn packages_with_native_code(modules: &Path) -> Vec<String> {
     let mut found = Vec::new();
@@ -129,5 +176,34 @@ mod tests {
         let prebuilt =
             lock(r#"{"":{},"node_modules/@img/sharp-linux-x64":{"os":["linux"],"cpu":["x64"]}}"#);
         assert!(lockfile_may_have_native_code(&prebuilt));
+    }
+
+    #[test]
+    fn finds_install_scripts_in_flat_and_pnpm_layouts() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path();
+        for (file, body) in [
+            ("plain/package.json", r#"{"name":"plain"}"#),
+            (
+                "@s/hooked/package.json",
+                r#"{"name":"@s/hooked","scripts":{"postinstall":"x"}}"#,
+            ),
+            (
+                ".pnpm/gyp@1.0.0/node_modules/gyp/package.json",
+                r#"{"name":"gyp"}"#,
+            ),
+            (".pnpm/gyp@1.0.0/node_modules/gyp/binding.gyp", "{}"),
+            (
+                "a/node_modules/deep/package.json",
+                r#"{"name":"deep","scripts":{"install":"y"}}"#,
+            ),
+        ] {
+            std::fs::create_dir_all(m.join(file).parent().unwrap()).unwrap();
+            std::fs::write(m.join(file), body).unwrap();
+        }
+        assert_eq!(
+            packages_with_install_scripts(m),
+            ["@s/hooked", "deep", "gyp"]
+        );
     }
 }

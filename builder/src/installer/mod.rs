@@ -82,6 +82,24 @@ fn read_root_package(root: &Path) -> serde_json::Value {
         .unwrap_or_default()
 }
 
+/// Says which installed packages under `modules` have install scripts that did not run; the
+/// allowlist (`kiln.allowScripts`) is run by npm installs only.
+pub(crate) fn report_skipped_scripts(cx: &Context, modules: &Path, manager: &str) {
+    let scripted = crate::native::packages_with_install_scripts(modules);
+    if !scripted.is_empty() {
+        cx.progress.step(crate::Step::Note(format!(
+            "deps: install scripts not run (--ignore-scripts): {}",
+            scripted.join(", ")
+        )));
+    }
+    if !cx.config.allow_scripts.is_empty() {
+        cx.progress.step(crate::Step::Note(format!(
+            "deps: kiln.allowScripts ({}) is run for npm installs only; with {manager} these scripts do not run",
+            cx.config.allow_scripts.join(", ")
+        )));
+    }
+}
+
 /// Copies the files an install reads (package.json, the lockfile, package-manager config,
 /// `names`) from the app's root into `scratch`; in a monorepo, every package's package.json
 /// too (the lockfile covers them all).

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_layers::{CacheKey, Digest};
 
-use super::{Deps, Installer, copy_inputs, run_tool};
+use super::{Deps, Installer, copy_inputs, report_skipped_scripts, run_tool};
 use crate::package_manager::Tool;
 use crate::pipeline::Context;
 use crate::{BuildError, Result, Step, workspace};
@@ -89,6 +89,10 @@ impl Installer for Pnpm {
         )));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         run_tool(cx, &self.tool, &args, scratch, &[])?;
-        Ok(scratch.join("node_modules"))
+        let modules = scratch.join("node_modules");
+        if deps == Deps::Production {
+            report_skipped_scripts(cx, &modules, "pnpm");
+        }
+        Ok(modules)
     }
 }
