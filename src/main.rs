@@ -684,11 +684,15 @@ fn publish(
             display.begin(&format!("push: {reference}"));
         }
     }
-    let published = runtime()?.block_on(kiln_builder::publish(
-        built,
-        destinations,
-        &registry.registry(),
-    ));
+    // The async runtime and the registry client only when something is pushed.
+    let pushes = destinations
+        .iter()
+        .any(|d| matches!(d, Destination::Registry(_)));
+    let rt = if pushes { Some(runtime()?) } else { None };
+    let published = kiln_builder::publish(built, destinations, |reference| {
+        let rt = rt.expect("a runtime for pushes");
+        kiln_builder::destination::push_with(built, &registry.registry(), rt.handle())(reference)
+    });
     display.finish();
     let published = published?;
     for done in &published {

@@ -47,11 +47,13 @@ pub struct Published {
     pub pushed: Option<Pushed>,
 }
 
-/// Publishes `built` to every destination, in order; `registry` is used for pushes.
-pub async fn publish(
+/// Publishes `built` to every destination, in order; `push` pushes to a registry reference
+/// (so that a build written only to disk starts no async runtime and no registry client,
+/// which loads the system's CA certificates). [`push_with`] makes one from a client.
+pub fn publish(
     built: &Built,
     destinations: &[Destination],
-    registry: &Registry,
+    mut push: impl FnMut(&str) -> Result<Pushed>,
 ) -> Result<Vec<Published>> {
     let mut done = Vec::new();
     for destination in destinations {
@@ -64,7 +66,7 @@ pub async fn publish(
                 output::write_layout(built, dir, tag)?;
                 None
             }
-            Destination::Registry(reference) => Some(push_image(registry, built, reference).await?),
+            Destination::Registry(reference) => Some(push(reference)?),
         };
         done.push(Published {
             destination: destination.to_string(),
@@ -72,4 +74,13 @@ pub async fn publish(
         });
     }
     Ok(done)
+}
+
+/// A `push` for [`publish`]: `built` pushed with `registry` on the async runtime `runtime`.
+pub fn push_with<'a>(
+    built: &'a Built,
+    registry: &'a Registry,
+    runtime: &'a tokio::runtime::Handle,
+) -> impl FnMut(&str) -> Result<Pushed> + 'a {
+    move |reference| runtime.block_on(push_image(registry, built, reference))
 }
