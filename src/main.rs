@@ -263,18 +263,116 @@ struct BuildArgs {
     common: Common,
 }
 
-/// Where the queue is: one flag for every command that talks to NATS.
+/// Where the queue is and how to log in to it: one flag group for every command that talks
+/// to NATS. Secrets are best given by environment (a flag shows in `ps`); help never shows
+/// their values.
 #[derive(clap::Args)]
 struct NatsArgs {
-    /// NATS server URL.
-    #[arg(long, env = "KILN_NATS", default_value = "nats://127.0.0.1:4222")]
+    /// NATS server URL, or the cluster's servers comma-separated
+    /// (`nats://a:4222,nats://b:4222`); `nats://USER:PASSWORD@HOST` or `nats://TOKEN@HOST`
+    /// to log in, `tls://HOST` for TLS.
+    #[arg(
+        long,
+        env = "KILN_NATS",
+        default_value = "nats://127.0.0.1:4222",
+        hide_env_values = true
+    )]
     nats: String,
+    /// Seconds a command waits for NATS before it gives up (a worker keeps retrying).
+    #[arg(
+        long,
+        env = "KILN_NATS_TIMEOUT",
+        value_name = "SECS",
+        default_value_t = 10
+    )]
+    nats_timeout: u64,
+    /// NATS user (with --nats-password).
+    #[arg(long, env = "KILN_NATS_USER", requires = "nats_password")]
+    nats_user: Option<String>,
+    /// NATS password (with --nats-user).
+    #[arg(
+        long,
+        env = "KILN_NATS_PASSWORD",
+        hide_env_values = true,
+        requires = "nats_user"
+    )]
+    nats_password: Option<String>,
+    /// NATS token.
+    #[arg(long, env = "KILN_NATS_TOKEN", hide_env_values = true, conflicts_with_all = ["nats_user", "nats_nkey", "nats_creds"])]
+    nats_token: Option<String>,
+    /// File holding an NKey user seed (`SU…`).
+    #[arg(long, env = "KILN_NATS_NKEY", value_name = "FILE", conflicts_with_all = ["nats_user", "nats_creds"])]
+    nats_nkey: Option<PathBuf>,
+    /// NATS credentials file (`.creds`: user JWT and NKey seed).
+    #[arg(
+        long,
+        env = "KILN_NATS_CREDS",
+        value_name = "FILE",
+        conflicts_with = "nats_user"
+    )]
+    nats_creds: Option<PathBuf>,
+    /// PEM file of the CA that signed the NATS servers' certificates (TLS is then required).
+    #[arg(long, env = "KILN_NATS_CA", value_name = "FILE")]
+    nats_ca: Option<PathBuf>,
+    /// PEM client certificate, for servers that verify clients (with --nats-key).
+    #[arg(
+        long,
+        env = "KILN_NATS_CERT",
+        value_name = "FILE",
+        requires = "nats_key"
+    )]
+    nats_cert: Option<PathBuf>,
+    /// PEM key of --nats-cert.
+    #[arg(
+        long,
+        env = "KILN_NATS_KEY",
+        value_name = "FILE",
+        requires = "nats_cert"
+    )]
+    nats_key: Option<PathBuf>,
+    /// Replicas of every stream, KV bucket and object store kiln creates; ones with fewer
+    /// are raised [default: the servers in the cluster, at most 3; 1 on a single server].
+    #[arg(long, env = "KILN_NATS_REPLICAS", value_name = "N", value_parser = clap::value_parser!(u8).range(1..=5))]
+    replicas: Option<u8>,
 }
 
 impl NatsArgs {
-    /// Connects, making sure every stream and bucket exists.
-    async fn connect(&self) -> Result<kiln_queue::Queue> {
-        Ok(kiln_queue::Queue::connect(&self.nats).await?)
+    /// Connects, making sure every stream and bucket exists: a command gives up after
+    /// --nats-timeout, a worker (`forever`) keeps retrying.
+    async fn connect(&self, forever: bool) -> Result<kiln_queue::Queue> {
+        use kiln_queue::nats::{Credentials, NatsOptions, Patience, Secret, Tls};
+        let credentials = match (
+            &self.nats_user,
+            &self.nats_password,
+            &self.nats_token,
+            &self.nats_nkey,
+            &self.nats_creds,
+        ) {
+            (Some(user), Some(password), ..) => Credentials::UserPassword {
+                user: user.clone(),
+                password: Secret::new(password.as_str()),
+            },
+            (_, _, Some(token), ..) => Credentials::Token(Secret::new(token.as_str())),
+            (_, _, _, Some(seed), _) => Credentials::NKeySeedFile(seed.clone()),
+            (.., Some(creds)) => Credentials::CredsFile(creds.clone()),
+            _ => Credentials::None,
+        };
+        let options = NatsOptions {
+            credentials,
+            tls: Tls {
+                ca_file: self.nats_ca.clone(),
+                client_cert: self.nats_cert.clone().zip(self.nats_key.clone()),
+            },
+            timeout: std::time::Duration::from_secs(self.nats_timeout),
+            patience: if forever {
+                Patience::Forever
+            } else {
+                Patience::GiveUp
+            },
+            replicas: self.replicas.map(usize::from),
+            ..NatsOptions::new(self.nats.as_str())
+        };
+        Ok(kiln_queue::Queue::connect_with(&options).await?)
     }
 }
 
@@ -385,16 +483,24 @@ enum RuntimeCommand {
     },
 }
 
+/// `KILN_LOG` [default: warn]; async-nats never at trace level, where it logs the CONNECT
+/// message with the NATS credentials in it.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    match filter.max_level_hint() {
+        Some(level) if level < tracing::level_filters::LevelFilter::TRACE => filter,
+        _ => filter.add_directive("async_nats=debug".parse().expect("a directive")),
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_target(false)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .without_time()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
+        .with_env_filter(log_filter())
         .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
@@ -500,7 +606,7 @@ fn worker(args: WorkerArgs) -> Result<()> {
         limits: kiln_layers::ExtractLimits::default(),
     };
     runtime()?.block_on(async move {
-        let queue = args.nats.connect().await?;
+        let queue = args.nats.connect(true).await?;
         let metrics = std::sync::Arc::new(kiln_queue::metrics::Metrics::default());
         if let Some(addr) = &args.metrics {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -519,7 +625,7 @@ fn worker(args: WorkerArgs) -> Result<()> {
         };
         eprintln!(
             "worker {} on {} (jobs: {})",
-            opts.name, args.nats.nats, opts.jobs
+            opts.name, queue.servers, opts.jobs
         );
         kiln_queue::worker::run(queue, opts, metrics, shutdown).await?;
         Ok(())
@@ -553,7 +659,7 @@ fn submit(args: SubmitArgs) -> Result<()> {
     };
     let job_id = submission.job_id.clone().expect("set");
     runtime()?.block_on(async move {
-        let queue = args.nats.connect().await?;
+        let queue = args.nats.connect(false).await?;
         let events = kiln_queue::submit::subscribe(&queue, &job_id).await?;
         let (job, duplicate) = kiln_queue::submit::submit(&queue, &submission, &scratch).await?;
         eprintln!(
@@ -581,7 +687,7 @@ fn rebase(args: RebaseArgs) -> Result<()> {
     let cache_dir = cache_dir(args.common.cache_dir.clone())?;
     let registry = args.registry_args.registry();
     runtime()?.block_on(async move {
-        let queue = args.nats.connect().await?;
+        let queue = args.nats.connect(false).await?;
         let store = kiln_layers::BlobStore::open_or_create(&cache_dir)?;
         if let (Some(runtime), Some(to)) = (&args.runtime, &args.to) {
             let request = kiln_queue::rebase_all::Request {
@@ -632,7 +738,7 @@ fn print_revision(revision: &kiln_queue::Revision, json: bool) -> Result<()> {
 
 fn traffic(app: &str, op: kiln_queue::traffic::Operation, out: &ServiceOut) -> Result<()> {
     runtime()?.block_on(async move {
-        let queue = out.nats.connect().await?;
+        let queue = out.nats.connect(false).await?;
         let event = kiln_queue::traffic::apply(&queue, app, &op).await?;
         let yaml = kiln_queue::knative::to_yaml(&event.service);
         for t in &event.traffic.targets {
@@ -656,7 +762,7 @@ fn traffic(app: &str, op: kiln_queue::traffic::Operation, out: &ServiceOut) -> R
 fn list_revisions(args: RevisionsArgs) -> Result<()> {
     use kiln_queue::display::{revisions_json, revisions_table};
     runtime()?.block_on(async move {
-        let queue = args.nats.connect().await?;
+        let queue = args.nats.connect(false).await?;
         let all = kiln_queue::revisions::list(&queue, &args.app).await?;
         let traffic = kiln_queue::traffic::current(&queue, &args.app).await?;
         if args.json {

@@ -1,4 +1,5 @@
-//! The JetStream resources kiln uses, created idempotently by whoever connects first:
+//! The JetStream resources kiln uses, created by whoever connects first (with the replicas
+//! wanted, raised when an earlier start made fewer):
 //!
 //! | name | kind |
 //! | --- | --- |
@@ -11,10 +12,20 @@
 //! | `kiln-layer-cache` | KV: layer cache key → layer descriptor and repository |
 //! | `KILN_ADVISORIES` on the `kiln-workers` max-deliveries advisory | work queue, kept while no worker runs |
 //! | `kiln-advisories` | durable pull consumer of it: one worker handles each advisory |
+//!
+//! `connect` reaches a server of the list (credentials, TLS, patience), `resources` finds or
+//! creates the streams and stores with the replicas wanted.
+
+mod connect;
+mod resources;
+mod servers;
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, kv, object_store, stream};
+use async_nats::jetstream::{self, consumer, kv, object_store};
+
+pub use connect::{ConnectError, Credentials, NatsOptions, Patience, Tls};
+pub use servers::Secret;
 
 /// Work-queue stream of jobs.
 pub const JOBS_STREAM: &str = "KILN_JOBS";
@@ -99,93 +110,67 @@ pub struct Queue {
     pub sources: object_store::ObjectStore,
     /// Layers shared between workers.
     pub layer_cache: kv::Store,
-}
-
-/// The KV bucket `bucket`, created (file storage, history 1) when missing.
-async fn key_value(js: &jetstream::Context, bucket: &str) -> Result<kv::Store, NatsError> {
-    if let Ok(kv) = js.get_key_value(bucket).await {
-        return Ok(kv);
-    }
-    js.create_key_value(kv::Config {
-        bucket: bucket.into(),
-        history: 1,
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .map_err(nats_err(format!("create KV {bucket}")))
+    /// The servers, as messages show them (without credentials).
+    pub servers: String,
 }
 
 impl Queue {
-    /// Connects to `url` and makes sure every resource exists.
-    pub async fn connect(url: &str) -> Result<Queue, NatsError> {
-        let client = async_nats::ConnectOptions::new()
-            .name("kiln")
-            .retry_on_initial_connect()
-            .max_reconnects(None)
-            .connection_timeout(Duration::from_secs(5))
-            .connect(url)
-            .await
-            .map_err(nats_err(format!("connect to {url}")))?;
+    /// Connects to `servers` (comma-separated URLs) as [`NatsOptions::new`] says and makes
+    /// sure every resource exists.
+    pub async fn connect(servers: &str) -> Result<Queue, ConnectError> {
+        Queue::connect_with(&NatsOptions::new(servers)).await
+    }
+
+    /// Connects as `options` say and makes sure every resource exists with the replicas
+    /// wanted; a command gives up after `options.timeout`, a worker retries for ever.
+    pub async fn connect_with(options: &NatsOptions) -> Result<Queue, ConnectError> {
+        let connect::Connected {
+            client,
+            servers,
+            mut retry,
+        } = connect::connect(options).await?;
+        let info = client.server_info();
+        if !info.jetstream {
+            return Err(ConnectError::Setup {
+                servers: servers.shown,
+                error: format!(
+                    "server {} runs without JetStream (start nats-server with -js)",
+                    info.server_name
+                ),
+            });
+        }
+        let replicas =
+            resources::replicas(options.replicas, &info).map_err(ConnectError::Options)?;
         let js = jetstream::new(client.clone());
-        js.get_or_create_stream(stream::Config {
-            name: JOBS_STREAM.into(),
-            subjects: vec!["kiln.jobs.>".into()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            duplicate_window: DUPLICATE_WINDOW,
-            ..Default::default()
-        })
-        .await
-        .map_err(nats_err("create stream KILN_JOBS"))?;
-        js.get_or_create_stream(stream::Config {
-            name: EVENTS_STREAM.into(),
-            subjects: vec!["kiln.events.>".into()],
-            storage: stream::StorageType::File,
-            max_age: Duration::from_secs(7 * 24 * 3600),
-            ..Default::default()
-        })
-        .await
-        .map_err(nats_err("create stream KILN_EVENTS"))?;
-        js.get_or_create_stream(stream::Config {
-            name: REVISIONS_STREAM.into(),
-            subjects: vec!["kiln.revisions.>".into()],
-            storage: stream::StorageType::File,
-            ..Default::default()
-        })
-        .await
-        .map_err(nats_err("create stream KILN_REVISIONS"))?;
-        // The server publishes advisories on core NATS only: a stream keeps them for a worker
-        // that starts later.
-        js.get_or_create_stream(stream::Config {
-            name: ADVISORIES_STREAM.into(),
-            subjects: vec![max_deliveries_subject()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            max_age: Duration::from_secs(7 * 24 * 3600),
-            ..Default::default()
-        })
-        .await
-        .map_err(nats_err("create stream KILN_ADVISORIES"))?;
-        let revisions = key_value(&js, REVISIONS_BUCKET).await?;
-        let layer_cache = key_value(&js, LAYER_CACHE_BUCKET).await?;
-        let sources = match js.get_object_store(SOURCES_BUCKET).await {
-            Ok(store) => store,
-            Err(_) => js
-                .create_object_store(object_store::Config {
-                    bucket: SOURCES_BUCKET.into(),
-                    storage: stream::StorageType::File,
-                    ..Default::default()
-                })
+        retry.reset();
+        // A lookup that races another client's creation of the stream may never be answered
+        // (nats-server 2.15 drops a stream info request while the new stream has no leader):
+        // the first tries are cut short and made again.
+        let mut limit = Duration::from_secs(1);
+        let stores = loop {
+            let error = match tokio::time::timeout(limit, resources::ensure(&js, replicas)).await {
+                Ok(Ok(stores)) => break stores,
+                Ok(Err(e)) => format!("{}: {}", e.action, e.error),
+                Err(_) => format!("no answer within {} s", limit.as_secs()),
+            };
+            limit = (limit * 2).min(Duration::from_secs(8));
+            if !retry
+                .wait(&format!("JetStream at {}", servers.shown), &error)
                 .await
-                .map_err(nats_err("create object store kiln-sources"))?,
+            {
+                return Err(ConnectError::Setup {
+                    servers: servers.shown,
+                    error,
+                });
+            }
         };
         Ok(Queue {
             client,
             js,
-            revisions,
-            sources,
-            layer_cache,
+            revisions: stores.revisions,
+            sources: stores.sources,
+            layer_cache: stores.layer_cache,
+            servers: servers.shown,
         })
     }
 

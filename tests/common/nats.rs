@@ -1,5 +1,10 @@
 //! A real NATS server for tests: `nats-server -js` (2.10 or newer) on a free loopback port
-//! with its own store directory; killed on drop, restartable on the same port and store.
+//! with its own store directory, optionally with a config file (auth); killed on drop,
+//! restartable on the same port and store. `cluster` starts a JetStream cluster of them,
+//! `exactly_once` checks a drained queue.
+
+pub mod cluster;
+pub mod exactly_once;
 
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
@@ -14,17 +19,35 @@ pub struct TestNats {
     pub url: String,
     port: u16,
     dir: TempDir,
+    config: Option<std::path::PathBuf>,
 }
 
 impl TestNats {
     /// Starts a server.
     pub fn start() -> TestNats {
+        Self::launch(None)
+    }
+
+    /// Starts a server with `config` (nats-server's config syntax, e.g. an `authorization`
+    /// block) as its config file.
+    pub fn start_with_config(config: &str) -> TestNats {
+        Self::launch(Some(config))
+    }
+
+    fn launch(config: Option<&str>) -> TestNats {
         let port = super::free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let config = config.map(|text| {
+            let path = dir.path().join("nats.conf");
+            std::fs::write(&path, text).unwrap();
+            path
+        });
         let mut nats = TestNats {
             child: None,
             url: format!("nats://127.0.0.1:{port}"),
             port,
-            dir: tempfile::tempdir().unwrap(),
+            dir,
+            config,
         };
         nats.up();
         nats
@@ -40,7 +63,11 @@ impl TestNats {
 
     /// Starts it (again) on the same port and store and waits until it accepts connections.
     pub fn up(&mut self) {
-        let child = Command::new("nats-server")
+        let mut cmd = Command::new("nats-server");
+        if let Some(config) = &self.config {
+            cmd.arg("-c").arg(config);
+        }
+        let child = cmd
             .args(["-js", "-a", "127.0.0.1", "-p", &self.port.to_string()])
             .arg("-sd")
             .arg(self.dir.path())
