@@ -36,10 +36,8 @@ impl Display {
         match self {
             Display::Json => {}
             Display::Plain => eprintln!("{text}"),
-            Display::Terminal(bar) => {
-                if let Some(bar) = bar.lock().unwrap().take() {
-                    bar.finish_and_clear();
-                }
+            Display::Terminal(_) => {
+                self.finish();
                 eprintln!("{text}");
             }
         }
@@ -52,16 +50,13 @@ impl Display {
             Display::Json => {}
             Display::Plain => eprintln!("{title}"),
             Display::Terminal(bar) => {
-                let mut bar = bar.lock().unwrap();
-                if let Some(done) = bar.take() {
-                    done.finish_and_clear();
-                }
-                *bar = Some(spinner(title));
+                self.finish();
+                *bar.lock().unwrap() = Some(spinner(title));
             }
         }
     }
 
-    /// Ends a spinner still running (the build failed during its step).
+    /// Ends a spinner still running (its step is over, or the build failed during it).
     pub fn finish(&self) {
         if let Display::Terminal(bar) = self
             && let Some(bar) = bar.lock().unwrap().take()
@@ -73,34 +68,22 @@ impl Display {
 
 impl Progress for Display {
     fn step(&self, step: Step) {
-        match self {
-            Display::Plain => eprintln!("{step}"),
-            Display::Json => {
+        match (self, &step) {
+            (Display::Json, _) => {
                 if let Ok(line) = serde_json::to_string(&serde_json::json!({ "event": step })) {
                     println!("{line}");
                 }
             }
-            Display::Terminal(bar) => {
-                let mut bar = bar.lock().unwrap();
-                match &step {
-                    Step::BuildOutput(line) => match bar.as_ref() {
-                        Some(running) => running.set_message(line.clone()),
-                        None => eprintln!("{step}"),
-                    },
-                    Step::Installing(_) | Step::BuildScript { .. } => {
-                        if let Some(done) = bar.take() {
-                            done.finish_and_clear();
-                        }
-                        *bar = Some(spinner(&step.to_string()));
-                    }
-                    _ => {
-                        if let Some(done) = bar.take() {
-                            done.finish_and_clear();
-                        }
-                        eprintln!("{step}");
-                    }
-                }
+            (Display::Plain, _) => eprintln!("{step}"),
+            (Display::Terminal(bar), Step::BuildOutput(line)) => match bar.lock().unwrap().as_ref()
+            {
+                Some(running) => running.set_message(line.clone()),
+                None => eprintln!("{step}"),
+            },
+            (Display::Terminal(_), Step::Installing(_) | Step::BuildScript { .. }) => {
+                self.begin(&step.to_string())
             }
+            (Display::Terminal(_), _) => self.line(&step.to_string()),
         }
     }
 }

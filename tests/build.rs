@@ -472,13 +472,17 @@ fn kiln_toml_gives_the_base_and_environment_and_flags_win() {
     };
     let err = build(&[]);
     assert!(err.contains(&format!("base: {base} ")), "{err}");
-    let store = BlobStore::open(tmp.path().join("out")).unwrap();
-    let manifest = store.resolve("x").unwrap();
-    let image: kiln_layers::ImageManifest =
-        serde_json::from_slice(&store.read_blob(&manifest.digest).unwrap()).unwrap();
-    let config: kiln_layers::ImageConfig =
-        serde_json::from_slice(&store.read_blob(&image.config.digest).unwrap()).unwrap();
-    let env = config.config.env.unwrap_or_default();
+    // The environment of the image tagged `x` in the layout.
+    let image_env = || {
+        let store = BlobStore::open(tmp.path().join("out")).unwrap();
+        let manifest = store.resolve("x").unwrap();
+        let image: kiln_layers::ImageManifest =
+            serde_json::from_slice(&store.read_blob(&manifest.digest).unwrap()).unwrap();
+        let config: kiln_layers::ImageConfig =
+            serde_json::from_slice(&store.read_blob(&image.config.digest).unwrap()).unwrap();
+        config.config.env.unwrap_or_default()
+    };
+    let env = image_env();
     assert!(
         env.contains(&"GREETING=from kiln.toml".to_owned()),
         "{env:?}"
@@ -486,12 +490,7 @@ fn kiln_toml_gives_the_base_and_environment_and_flags_win() {
     // A flag wins over the file.
     let err = build(&["--env", "GREETING=flag"]);
     assert!(err.contains(&format!("base: {base} ")), "{err}");
-    let manifest = store.resolve("x").unwrap();
-    let image: kiln_layers::ImageManifest =
-        serde_json::from_slice(&store.read_blob(&manifest.digest).unwrap()).unwrap();
-    let config: kiln_layers::ImageConfig =
-        serde_json::from_slice(&store.read_blob(&image.config.digest).unwrap()).unwrap();
-    let env = config.config.env.unwrap_or_default();
+    let env = image_env();
     assert!(env.contains(&"GREETING=flag".to_owned()), "{env:?}");
     assert!(
         !env.iter().any(|e| e == "GREETING=from kiln.toml"),

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use common::nats::TestNats;
 use common::nats::cluster::TestCluster;
-use common::nats::exactly_once::{assert_exactly_once, recorded, submit_range};
+use common::nats::exactly_once::{
+    assert_accepted_once_and_none_failed, assert_exactly_once, recorded, submit_range,
+};
 use common::registry::TestRegistry;
 use common::*;
 use futures_util::StreamExt;
@@ -411,6 +413,7 @@ fn a_cluster_loses_the_jobs_leader_mid_drain_and_every_job_gets_one_revision() {
             );
         }
         assert_exactly_once(&queue, &jobs, workers, Duration::from_secs(240), ACK_WAIT).await;
+        assert_accepted_once_and_none_failed(&queue, &jobs).await;
         killed
     });
     for (i, log) in logs.iter().enumerate() {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer;
 use common::nats::TestNats;
+use common::nats::exactly_once::{
+    assert_exactly_once, sigterm, submit_variants, wait_drained, wait_for_revisions,
+};
 use common::proxy::Proxy;
 use common::registry::TestRegistry;
 use common::*;
@@ -33,236 +36,6 @@ fn worker(
     let mut args = vec!["--ack-wait-secs", "3", "--grace-secs", "10"];
     args.extend(extra);
     start_worker(&nats.url, &reg.addr, base, cache, npm, &args, Stdio::null())
-}
-
-/// Waits until every job id has a `job.<id>` revision index; returns job id → revision.
-async fn wait_for_revisions(
-    queue: &Queue,
-    jobs: &[(String, String)],
-    timeout: Duration,
-) -> BTreeMap<String, Revision> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let mut done = BTreeMap::new();
-        for (app, job) in jobs {
-            if let Some(r) = kiln_queue::revisions::by_job(queue, app, job, false)
-                .await
-                .unwrap()
-            {
-                done.insert(job.clone(), r);
-            }
-        }
-        if done.len() == jobs.len() {
-            return done;
-        }
-        if Instant::now() >= deadline {
-            let mut missing = Vec::new();
-            for (_, job) in jobs.iter().filter(|(_, job)| !done.contains_key(job)) {
-                missing.push(format!("{job}: {}", last_event(queue, job).await));
-            }
-            panic!(
-                "only {} of {} jobs have a revision; last events of the others:\n{}",
-                done.len(),
-                jobs.len(),
-                missing.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The last event recorded for `job_id`, as JSON text, for a failure message.
-async fn last_event(queue: &Queue, job_id: &str) -> String {
-    let Ok(stream) = queue.js.get_stream(kiln_queue::nats::EVENTS_STREAM).await else {
-        return "(no events stream)".into();
-    };
-    match stream
-        .get_last_raw_message_by_subject(&kiln_queue::nats::events_subject(job_id))
-        .await
-    {
-        Ok(message) => String::from_utf8_lossy(&message.payload).into_owned(),
-        Err(e) => format!("(no event: {e})"),
-    }
-}
-
-/// Submits `count` distinct faas sources over `apps` apps (`<prefix><i % apps>`, job ids
-/// `<prefix>-<i>`); returns the (app, job id) pairs.
-async fn submit_variants(
-    queue: &Queue,
-    tmp: &Path,
-    prefix: &str,
-    count: usize,
-    apps: usize,
-) -> Vec<(String, String)> {
-    let mut jobs = Vec::new();
-    for i in 0..count {
-        let app = format!("{prefix}{}", i % apps);
-        let id = format!("{prefix}-{i}");
-        let dir = faas_variant(tmp, &id, "hello", "greeting", &format!("{prefix} {i}"));
-        submit(queue, &submission(dir, &app, &id), &tmp.join("submit"))
-            .await
-            .unwrap();
-        jobs.push((app, id));
-    }
-    jobs
-}
-
-/// Exactly once, checked once the dust has settled. Waits until every job has a revision,
-/// then until `KILN_JOBS` is empty and `kiln-workers` has nothing pending or ack-pending; lets
-/// the workers run past the ack wait (a late redelivery gets its chance and must find the
-/// queue drained again), stops them with SIGTERM (each must exit 0, finishing anything still
-/// in hand), and only then reads every `rev.*` key of the KV: each job has exactly one
-/// revision, numbered 1..=n per app with no gap, no revision belongs to a job or app not
-/// submitted, `revisions::list` sees the same, and each `job.<id>` index names that revision.
-async fn assert_exactly_once(
-    queue: &Queue,
-    jobs: &[(String, String)],
-    workers: Vec<TestWorker>,
-    timeout: Duration,
-) -> BTreeMap<String, Revision> {
-    let done = wait_for_revisions(queue, jobs, timeout).await;
-    wait_drained(queue, Duration::from_secs(60)).await;
-    tokio::time::sleep(ACK_WAIT + Duration::from_secs(1)).await;
-    wait_drained(queue, Duration::from_secs(60)).await;
-    for mut w in workers {
-        let status = sigterm(&mut w, Duration::from_secs(30)).await;
-        assert!(status.success(), "worker exit after SIGTERM: {status}");
-    }
-    wait_drained(queue, Duration::from_secs(5)).await;
-
-    let mut expected: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
-    for (app, job) in jobs {
-        expected.entry(app).or_default().insert(job);
-    }
-    let recorded = all_revisions(queue).await;
-    for app in recorded.keys() {
-        assert!(
-            expected.contains_key(app.as_str()),
-            "revisions of app {app}, which no job was for: {:?}",
-            names(&recorded[app])
-        );
-    }
-    for (app, app_jobs) in &expected {
-        let revisions = recorded.get(*app).cloned().unwrap_or_default();
-        let mut by_job: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
-        for r in &revisions {
-            assert_eq!(&r.app, app, "{} is filed under {app}", r.name);
-            assert!(
-                app_jobs.contains(r.job_id.as_str()),
-                "{} belongs to job {:?}, which was never submitted for {app}",
-                r.name,
-                r.job_id
-            );
-            by_job.entry(&r.job_id).or_default().push(&r.name);
-        }
-        for job in app_jobs {
-            match by_job.get(job).map(Vec::as_slice) {
-                Some([_]) => {}
-                Some(more) => panic!("job {job} has {} revisions: {more:?}", more.len()),
-                None => panic!("job {job} has no revision in the KV"),
-            }
-        }
-        let numbers: Vec<u64> = revisions.iter().map(|r| r.number).collect();
-        assert_eq!(
-            numbers,
-            (1..=app_jobs.len() as u64).collect::<Vec<_>>(),
-            "{app}: revision numbers are not 1..={} ({:?})",
-            app_jobs.len(),
-            names(&revisions)
-        );
-        let listed = kiln_queue::revisions::list(queue, app).await.unwrap();
-        assert_eq!(
-            names(&listed),
-            names(&revisions),
-            "{app}: revisions::list disagrees with the KV"
-        );
-        for r in &revisions {
-            assert_eq!(
-                done[&r.job_id].name, r.name,
-                "job.{} does not name its revision",
-                r.job_id
-            );
-        }
-    }
-    done
-}
-
-fn names(revisions: &[Revision]) -> Vec<(String, String)> {
-    revisions
-        .iter()
-        .map(|r| (r.name.clone(), r.job_id.clone()))
-        .collect()
-}
-
-/// Every revision in the `kiln-revisions` KV (every `rev.<app>.<n>` key, whatever
-/// `latest.<app>` says), by app, in number order.
-async fn all_revisions(queue: &Queue) -> BTreeMap<String, Vec<Revision>> {
-    let keys: Vec<String> = queue
-        .revisions
-        .keys()
-        .await
-        .unwrap()
-        .map(Result::unwrap)
-        .collect()
-        .await;
-    let mut all: BTreeMap<String, Vec<Revision>> = BTreeMap::new();
-    for key in keys.iter().filter(|k| k.starts_with("rev.")) {
-        let bytes = queue.revisions.get(key).await.unwrap().unwrap();
-        let r: Revision = serde_json::from_slice(&bytes).unwrap();
-        assert_eq!(key, &format!("rev.{}.{:05}", r.app, r.number), "{r:?}");
-        all.entry(r.app.clone()).or_default().push(r);
-    }
-    for revisions in all.values_mut() {
-        revisions.sort_by_key(|r| r.number);
-    }
-    all
-}
-
-/// Waits until `KILN_JOBS` holds no message and `kiln-workers` has nothing pending or
-/// ack-pending.
-async fn wait_drained(queue: &Queue, within: Duration) {
-    let mut stream = queue
-        .js
-        .get_stream(kiln_queue::nats::JOBS_STREAM)
-        .await
-        .unwrap();
-    let mut workers: consumer::PullConsumer = stream
-        .get_consumer(kiln_queue::nats::WORKERS_CONSUMER)
-        .await
-        .unwrap();
-    let deadline = Instant::now() + within;
-    loop {
-        let messages = stream.info().await.unwrap().state.messages;
-        let info = workers.info().await.unwrap();
-        if messages == 0 && info.num_pending == 0 && info.num_ack_pending == 0 {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "KILN_JOBS not drained after {within:?}: {messages} messages, {} pending, {} ack-pending",
-            info.num_pending,
-            info.num_ack_pending
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Sends SIGTERM to the worker and waits (at most `within`) for it to exit.
-async fn sigterm(w: &mut TestWorker, within: Duration) -> std::process::ExitStatus {
-    let pid = w.child.id().to_string();
-    let sent = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    assert!(sent.success(), "kill -TERM {pid}");
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = w.child.try_wait().unwrap() {
-            return status;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "worker {pid} still running {within:?} after SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Every event of `job_id` kept in `KILN_EVENTS`, oldest first.
@@ -627,7 +400,7 @@ fn two_workers_fifty_jobs_ten_apps_exactly_one_revision_each() {
         let queue = Queue::connect(&nats.url).await.unwrap();
         let jobs = submit_variants(&queue, tmp.path(), "app", 50, 10).await;
         let timeout = Duration::from_secs(240);
-        assert_exactly_once(&queue, &jobs, vec![w1, w2], timeout).await;
+        assert_exactly_once(&queue, &jobs, vec![w1, w2], timeout, ACK_WAIT).await;
     });
 }
 
@@ -675,7 +448,7 @@ fn killed_workers_lose_no_job_and_double_none() {
             w1 = start_w1(round + 1);
         }
         let timeout = Duration::from_secs(240);
-        let done = assert_exactly_once(&queue, &jobs, vec![w1, w2], timeout).await;
+        let done = assert_exactly_once(&queue, &jobs, vec![w1, w2], timeout, ACK_WAIT).await;
         // A kill interrupted a job when the job was delivered again after it.
         let mut interrupted = 0;
         for (round, held) in kills.iter().enumerate() {
@@ -835,7 +608,7 @@ fn queue_drains_across_nats_and_registry_restarts_and_sigterm_stops_a_worker() {
     rt.block_on(async {
         let queue = Queue::connect(&nats.url).await.unwrap();
         let timeout = Duration::from_secs(240);
-        assert_exactly_once(&queue, &jobs, vec![w1, w2], timeout).await;
+        assert_exactly_once(&queue, &jobs, vec![w1, w2], timeout, ACK_WAIT).await;
     });
 }
 
@@ -952,7 +725,7 @@ fn sigterm_during_builds_finishes_the_jobs_in_hand_and_takes_no_new_one() {
         proxy.set_delay(Duration::ZERO);
         let w2 = start("term-w2", "w2");
         let timeout = Duration::from_secs(120);
-        let done = assert_exactly_once(&queue, &jobs, vec![w2], timeout).await;
+        let done = assert_exactly_once(&queue, &jobs, vec![w2], timeout, ACK_WAIT).await;
         assert_eq!(done.len(), 4);
     });
 }

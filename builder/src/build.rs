@@ -18,7 +18,8 @@ use crate::project::{BuildScript, ProjectConfig};
 use crate::shared::{NoSharedLayers, SharedLayers};
 use crate::start::{AppFiles, ENV_START};
 use crate::{
-    BuildError, Progress, Result, Step, build_step, node_version, npm, stages, start, workspace,
+    BuildError, Progress, Result, Step, build_step, installer, node_version, npm, stages, start,
+    workspace,
 };
 
 /// Manifest annotation: the runtime an image was built for.
@@ -138,10 +139,12 @@ pub fn build_with(
         }
         content = key.digest();
     }
+    let installer = installer::choose(source, ws.is_some(), &packages)?;
     let cx = Context {
         source,
         root: &root,
         workspace: ws.as_ref(),
+        installer: installer.as_deref(),
         members: &members,
         packages: &packages,
         config: &config,

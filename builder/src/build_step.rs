@@ -111,20 +111,14 @@ pub(crate) fn run(
     installer: Option<&dyn Installer>,
     script: &Chosen,
 ) -> Result<tempfile::TempDir> {
-    let (tree, cache, progress) = (cx.tree, cx.cache, cx.progress);
+    let (tree, progress) = (cx.tree, cx.progress);
     let timeout = cx.config.script_timeout();
     let source = tree.root();
     let modules = match installer {
         Some(installer) => Some(dev_install(cx, installer)?),
         None => None,
     };
-    let scratch_root = cache.store().root().join("tmp");
-    std::fs::create_dir_all(&scratch_root)
-        .map_err(kiln_layers::Error::io("create directory", &scratch_root))?;
-    let work = tempfile::tempdir_in(&scratch_root).map_err(kiln_layers::Error::io(
-        "create scratch directory in",
-        &scratch_root,
-    ))?;
+    let work = cx.scratch()?;
     copy_tree(tree, work.path())?;
     let (mut read_only, mut tmpfs) = (Vec::new(), Vec::new());
     if let Some(modules) = &modules {

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use serde_json::Value;
 
-use crate::package_manager::{LockKind, Lockfile, find_lockfile};
+use crate::package_manager::{LockKind, Lockfile, Tool, find_lockfile};
 use crate::workspace::Workspace;
 use crate::{BuildError, Result};
 
@@ -28,6 +28,8 @@ pub struct Manifest {
     pub lockfile: Option<Lockfile>,
     /// An npm lockfile parsed (null otherwise), read once for everyone who needs it.
     pub lock: Value,
+    /// The pnpm or yarn the lockfile asks for (none for npm, which is the machine's).
+    pub tool: Option<Tool>,
 }
 
 /// Reads and checks `package.json` and the lockfile of `source`.
@@ -69,6 +71,10 @@ fn read_in(root: &Path, dir: Option<&str>) -> Result<Manifest> {
         None => root_package.clone(),
     };
     let lockfile = find_lockfile(root, &root_package)?;
+    let tool = match &lockfile {
+        Some(lock) => Tool::for_lockfile(root, &root_package, lock)?,
+        None => None,
+    };
     let lock = match &lockfile {
         Some(lock) if lock.kind == LockKind::Npm => check_lockfile(
             &root.join(lock.name),
@@ -82,6 +88,7 @@ fn read_in(root: &Path, dir: Option<&str>) -> Result<Manifest> {
         package,
         lockfile,
         lock,
+        tool,
     })
 }
 

@@ -19,6 +19,9 @@ pub const DEFAULT_YARN_CLASSIC: &str = "1.22.22";
 /// Default yarn for a Berry yarn.lock.
 pub const DEFAULT_YARN_BERRY: &str = "4.18.1";
 
+/// The lockfiles kiln reads, by file name.
+pub const LOCKFILES: [&str; 3] = ["package-lock.json", "pnpm-lock.yaml", "yarn.lock"];
+
 /// A kind of lockfile, and so of package manager.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LockKind {
@@ -58,7 +61,7 @@ pub struct Lockfile {
 /// it is an error naming them.
 pub fn find_lockfile(dir: &Path, package: &Value) -> Result<Option<Lockfile>> {
     let mut found = Vec::new();
-    for name in ["package-lock.json", "pnpm-lock.yaml", "yarn.lock"] {
+    for name in LOCKFILES {
         let path = dir.join(name);
         let bytes = match std::fs::read(&path) {
             Ok(bytes) => bytes,

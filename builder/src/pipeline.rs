@@ -11,6 +11,7 @@ use kiln_runtimes::Runtime;
 
 use crate::built::{LayerKind, LayerRecord};
 use crate::image::Base;
+use crate::installer::Installer;
 use crate::project::ProjectConfig;
 use crate::shared::SharedLayers;
 use crate::workspace::Workspace;
@@ -24,6 +25,8 @@ pub(crate) struct Context<'a> {
     pub root: &'a Path,
     /// The monorepo package being built, if it is one.
     pub workspace: Option<&'a Workspace>,
+    /// How its dependencies are installed (none when it has none).
+    pub installer: Option<&'a dyn Installer>,
     /// package.json and the lockfile.
     pub packages: &'a npm::Manifest,
     /// The project's `kiln` settings.
@@ -44,6 +47,18 @@ pub(crate) struct Context<'a> {
     pub epoch: u64,
     /// Where steps are reported.
     pub progress: &'a dyn Progress,
+}
+
+impl Context<'_> {
+    /// A new scratch directory in the cache (`tmp/`), removed when dropped.
+    pub fn scratch(&self) -> Result<tempfile::TempDir> {
+        let root = self.cache.store().root().join("tmp");
+        std::fs::create_dir_all(&root)
+            .map_err(kiln_layers::Error::io("create directory", &root))?;
+        tempfile::tempdir_in(&root)
+            .map_err(kiln_layers::Error::io("create scratch directory in", &root))
+            .map_err(Into::into)
+    }
 }
 
 /// What a stage needs in this build.

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use crate::package_manager::LOCKFILES;
 use crate::{BuildError, Result};
 
 /// One package of a monorepo, and what of the monorepo it needs.
@@ -59,14 +60,10 @@ pub fn locate(source: &Path, name: Option<&str>) -> Result<Option<Workspace>> {
         };
         return Ok(Some(workspace(source, found, &members)));
     }
-    let has_own_deps = [
-        "package-lock.json",
-        "pnpm-lock.yaml",
-        "yarn.lock",
-        "node_modules",
-    ]
-    .iter()
-    .any(|f| source.join(f).exists());
+    let has_own_deps = LOCKFILES
+        .iter()
+        .chain(&["node_modules"])
+        .any(|f| source.join(f).exists());
     if has_own_deps || !source.join("package.json").is_file() {
         return Ok(None);
     }
@@ -74,9 +71,7 @@ pub fn locate(source: &Path, name: Option<&str>) -> Result<Option<Workspace>> {
         return Ok(None);
     };
     for root in source.ancestors().skip(1) {
-        let has_lock = ["package-lock.json", "pnpm-lock.yaml", "yarn.lock"]
-            .iter()
-            .any(|f| root.join(f).is_file());
+        let has_lock = LOCKFILES.iter().any(|f| root.join(f).is_file());
         if !has_lock {
             continue;
         }

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use super::{free_port, unpack};
+use super::{free_port, image_command, unpack};
 
 /// An unpacked image running as its non-root user, its output kept for failures.
 pub struct App {
@@ -42,45 +42,22 @@ impl App {
     }
 }
 
-/// Runs the image `tag` of `layout` (unpacked into `tmp`) the way a container runtime would (its entrypoint, env, user and
-/// working directory; `PORT` set) and waits up to `wait` for it to listen.
+/// Runs the image `tag` of `layout` (unpacked into `tmp`) the way a container runtime would
+/// ([`image_command`]) and waits up to `wait` for it to listen.
 pub fn run_image(layout: &Path, tag: &str, tmp: &Path, wait: Duration) -> App {
     let bundle = unpack(layout, tag, tmp);
-    let config: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
-    let process = &config["process"];
-    let (uid, gid) = (
-        process["user"]["uid"].as_u64().unwrap(),
-        process["user"]["gid"].as_u64().unwrap(),
-    );
-    assert_ne!(uid, 0, "image runs as root");
     let port = free_port();
     let log = tmp.join("app.log");
     let file = std::fs::File::create(&log).unwrap();
     // A PID namespace with its own /proc, as in a container: the app is PID 1 there, and
     // all it forks dies with it.
-    let mut cmd = Command::new("unshare");
-    cmd.args(["--fork", "--pid", "--kill-child", "--mount-proc"])
-        .arg(format!("--root={}", bundle.join("rootfs").display()))
-        .arg(format!("--wd={}", process["cwd"].as_str().unwrap()))
-        .arg(format!("--setuid={uid}"))
-        .arg(format!("--setgid={gid}"))
-        .arg("--")
-        .args(
-            process["args"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|a| a.as_str().unwrap()),
-        )
-        .env_clear()
-        .stdout(Stdio::from(file.try_clone().unwrap()))
+    let mut cmd = image_command(
+        &bundle,
+        port,
+        &["--fork", "--pid", "--kill-child", "--mount-proc"],
+    );
+    cmd.stdout(Stdio::from(file.try_clone().unwrap()))
         .stderr(Stdio::from(file));
-    for kv in process["env"].as_array().unwrap() {
-        let (k, v) = kv.as_str().unwrap().split_once('=').unwrap();
-        cmd.env(k, v);
-    }
-    cmd.env("PORT", port.to_string());
     let mut app = App {
         child: cmd.spawn().unwrap(),
         port,

@@ -118,7 +118,10 @@ impl Drop for Running {
     }
 }
 
-pub fn run(bundle: &Path) -> Running {
+/// `unshare` running the unpacked image in `bundle` as a container runtime would: its
+/// rootfs, working directory, non-root user, entrypoint and environment, `PORT=port`;
+/// `unshare_options` go before the image's command.
+pub fn image_command(bundle: &Path, port: u16, unshare_options: &[&str]) -> Command {
     let config: serde_json::Value =
         serde_json::from_slice(&std::fs::read(bundle.join("config.json")).unwrap()).unwrap();
     let process = &config["process"];
@@ -127,13 +130,9 @@ pub fn run(bundle: &Path) -> Running {
         process["user"]["gid"].as_u64().unwrap(),
     );
     assert_ne!(uid, 0, "image runs as root");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
     let mut cmd = Command::new("unshare");
-    cmd.arg(format!("--root={}", bundle.join("rootfs").display()))
+    cmd.args(unshare_options)
+        .arg(format!("--root={}", bundle.join("rootfs").display()))
         .arg(format!("--wd={}", process["cwd"].as_str().unwrap()))
         .arg(format!("--setuid={uid}"))
         .arg(format!("--setgid={gid}"))
@@ -145,14 +144,19 @@ pub fn run(bundle: &Path) -> Running {
                 .iter()
                 .map(|a| a.as_str().unwrap()),
         )
-        .env_clear()
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+        .env_clear();
     for kv in process["env"].as_array().unwrap() {
         let (k, v) = kv.as_str().unwrap().split_once('=').unwrap();
         cmd.env(k, v);
     }
     cmd.env("PORT", port.to_string());
+    cmd
+}
+
+pub fn run(bundle: &Path) -> Running {
+    let port = free_port();
+    let mut cmd = image_command(bundle, port, &[]);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
     let running = Running {
         child: cmd.spawn().unwrap(),
         port,

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use kiln_layers::CacheKey;
 
+use crate::npm::Manifest;
 use crate::package_manager::{LockKind, Tool};
 use crate::pipeline::Context;
 use crate::{BuildError, Result};
@@ -49,37 +50,30 @@ pub(crate) trait Installer {
     }
 }
 
-/// The installer for the app in `cx`, or `None` when it has no dependencies.
-pub(crate) fn choose(cx: &Context) -> Result<Option<Box<dyn Installer>>> {
-    if cx.workspace.is_none() && cx.source.join("node_modules").is_dir() {
-        return Ok(Some(Box::new(vendored::Vendored::scan(cx.source)?)));
+/// The installer for the app in `source` (a workspace package when `in_workspace`) whose
+/// package.json and lockfile are `packages`, or `None` when it has no dependencies.
+pub(crate) fn choose(
+    source: &Path,
+    in_workspace: bool,
+    packages: &Manifest,
+) -> Result<Option<Box<dyn Installer>>> {
+    if !in_workspace && source.join("node_modules").is_dir() {
+        return Ok(Some(Box::new(vendored::Vendored::scan(source)?)));
     }
-    if let Some(lock) = &cx.packages.lockfile {
-        let root_package = match cx.workspace {
-            Some(_) => read_root_package(cx.root),
-            None => cx.packages.package.clone(),
-        };
-        let tool = Tool::for_lockfile(cx.root, &root_package, lock)?;
-        return Ok(Some(match (lock.kind, tool) {
+    if let Some(lock) = &packages.lockfile {
+        return Ok(Some(match (lock.kind, packages.tool.clone()) {
             (LockKind::Npm, _) | (_, None) => Box::<npm_ci::NpmCi>::default(),
             (LockKind::Pnpm, Some(tool)) => Box::new(pnpm::Pnpm { tool }),
             (LockKind::YarnClassic, Some(tool)) => Box::new(yarn::Yarn { tool, berry: false }),
             (LockKind::YarnBerry, Some(tool)) => Box::new(yarn::Yarn { tool, berry: true }),
         }));
     }
-    if cx.packages.has_dependencies() {
+    if packages.has_dependencies() {
         return Err(BuildError::MissingLockfile {
-            path: cx.source.join("package.json"),
+            path: source.join("package.json"),
         });
     }
     Ok(None)
-}
-
-fn read_root_package(root: &Path) -> serde_json::Value {
-    std::fs::read(root.join("package.json"))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
 }
 
 /// Says which installed packages under `modules` have install scripts that did not run; the

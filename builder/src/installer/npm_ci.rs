@@ -1,24 +1,33 @@
 //! npm's own install from package-lock.json: `npm ci --omit=dev --ignore-scripts`, then the
 //! install scripts of the packages the app allows (`kiln.allowScripts`), in the sandbox.
 
+use std::cell::OnceCell;
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use kiln_layers::{CacheKey, Digest};
 
 use super::{Deps, Installer, copy_inputs};
+use crate::pipeline::Context;
+use crate::workspace::Workspace;
+use crate::{Result, Step, build_step, native, npm, workspace};
 
 /// The files `npm ci` reads.
 const INPUTS: [&str; 3] = ["package.json", "package-lock.json", ".npmrc"];
-use crate::pipeline::Context;
-use crate::{Result, Step, build_step, native, npm, workspace};
 
 /// `npm ci`; in a monorepo, the workspace's closure once computed.
 #[derive(Default)]
 pub(crate) struct NpmCi {
-    closure: std::cell::OnceCell<std::collections::BTreeSet<String>>,
+    closure: OnceCell<BTreeSet<String>>,
 }
 
 impl NpmCi {
+    /// The lockfile entries the workspace `ws` needs, computed once.
+    fn closure(&self, cx: &Context, ws: &Workspace) -> &BTreeSet<String> {
+        self.closure
+            .get_or_init(|| workspace::npm_closure(&cx.packages.lock, ws))
+    }
+
     /// The production packages with install scripts: those the app allows, and the others.
     fn scripts(cx: &Context) -> (Vec<String>, Vec<String>) {
         native::skipped_install_scripts(&cx.packages.lock)
@@ -39,12 +48,12 @@ impl Installer for NpmCi {
             // leaves this layer a cache hit.
             Some(ws) => {
                 let entries = cx.packages.lock.get("packages");
-                let closure: serde_json::Map<String, serde_json::Value> =
-                    workspace::npm_closure(&cx.packages.lock, ws)
-                        .into_iter()
-                        .chain(ws.members.iter().cloned())
-                        .filter_map(|k| Some((k.clone(), entries?.get(&k)?.clone())))
-                        .collect();
+                let closure: serde_json::Map<String, serde_json::Value> = self
+                    .closure(cx, ws)
+                    .iter()
+                    .chain(&ws.members)
+                    .filter_map(|k| Some((k.clone(), entries?.get(k)?.clone())))
+                    .collect();
                 Digest::of(
                     serde_json::to_string(&closure)
                         .unwrap_or_default()
@@ -64,9 +73,7 @@ impl Installer for NpmCi {
         let Some(ws) = cx.workspace else {
             return true;
         };
-        let closure = self
-            .closure
-            .get_or_init(|| workspace::npm_closure(&cx.packages.lock, ws));
+        let closure = self.closure(cx, ws);
         match workspace::owning_package(rel) {
             // A `.bin` link is kept when the package it points into is.
             Some(owner) if owner.ends_with("/.bin") => {

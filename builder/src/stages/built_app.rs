@@ -5,10 +5,10 @@ use kiln_layers::source::ScanOptions;
 use kiln_layers::{CacheKey, SourceTree};
 
 use super::app::app_layer;
+use crate::Result;
 use crate::build_step::{self, Chosen};
 use crate::built::LayerKind;
 use crate::pipeline::{Context, Made, Plan, Stage};
-use crate::{Result, installer};
 
 pub(crate) struct BuiltApp {
     pub(crate) script: Chosen,
@@ -30,8 +30,7 @@ impl Stage for BuiltApp {
     }
 
     fn make(&self, cx: &Context, keys: &[CacheKey]) -> Result<Made> {
-        let installer = installer::choose(cx)?;
-        let built = build_step::run(cx, installer.as_deref(), &self.script)?;
+        let built = build_step::run(cx, cx.installer, &self.script)?;
         let output = SourceTree::scan(
             built.path(),
             &ScanOptions {

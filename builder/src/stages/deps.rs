@@ -2,8 +2,6 @@
 //! lays them out. Keyed by the installer's inputs; by Node ABI, platform and libc too when the
 //! tree may hold native code, so a portable tree is shared across Node versions.
 
-use std::cell::OnceCell;
-
 use kiln_layers::source::ScanOptions;
 use kiln_layers::{CacheKey, Entry, LayerBuilder, SourceTree};
 
@@ -13,11 +11,8 @@ use crate::installer::{self, Installer};
 use crate::pipeline::{Context, Made, Plan, Stage};
 use crate::{Result, Step, native, workspace};
 
-/// The deps stage; remembers the installer its plan chose.
-#[derive(Default)]
-pub(crate) struct Deps {
-    installer: OnceCell<Box<dyn Installer>>,
-}
+/// The deps stage.
+pub(crate) struct Deps;
 
 impl Deps {
     /// The key for a portable tree and the one for a tree with native code.
@@ -42,10 +37,10 @@ impl Stage for Deps {
     }
 
     fn plan(&self, cx: &Context) -> Result<Plan> {
-        let Some(installer) = installer::choose(cx)? else {
+        let Some(installer) = cx.installer else {
             return Ok(Plan::Skip);
         };
-        let (portable, native) = Self::keys(cx, installer.as_ref())?;
+        let (portable, native) = Self::keys(cx, installer)?;
         // A tree that may be native is only ever stored under the native key; one that
         // should be portable is looked up there too, in case native code turned up.
         let keys = if installer.may_be_native(cx) {
@@ -54,7 +49,6 @@ impl Stage for Deps {
             vec![native, portable]
         };
         let detail = installer.name();
-        let _ = self.installer.set(installer);
         Ok(Plan::Layer {
             keys,
             detail,
@@ -63,14 +57,8 @@ impl Stage for Deps {
     }
 
     fn make(&self, cx: &Context, keys: &[CacheKey]) -> Result<Made> {
-        let installer = self.installer.get().expect("planned with an installer");
-        let scratch_root = cx.cache.store().root().join("tmp");
-        std::fs::create_dir_all(&scratch_root)
-            .map_err(kiln_layers::Error::io("create directory", &scratch_root))?;
-        let scratch = tempfile::tempdir_in(&scratch_root).map_err(kiln_layers::Error::io(
-            "create scratch directory in",
-            &scratch_root,
-        ))?;
+        let installer = cx.installer.expect("planned with an installer");
+        let scratch = cx.scratch()?;
         let modules = installer.install(cx, scratch.path(), installer::Deps::Production)?;
         let native = native::packages_with_native_code(&modules);
         let key = if native.is_empty() {

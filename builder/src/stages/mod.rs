@@ -18,9 +18,5 @@ pub(crate) fn for_app(build_script: Option<Chosen>) -> Vec<Box<dyn Stage>> {
         Some(script) => Box::new(built_app::BuiltApp { script }),
         None => Box::new(app::App),
     };
-    vec![
-        Box::new(runtime::RuntimeStage),
-        Box::<deps::Deps>::default(),
-        app,
-    ]
+    vec![Box::new(runtime::RuntimeStage), Box::new(deps::Deps), app]
 }
