@@ -11,8 +11,9 @@ use kiln_runtimes::Runtime;
 
 use crate::base::{self, BaseSource};
 use crate::built::{Built, LayerKind, LayerRecord};
-use crate::host_base::LABEL_NODE_VERSION;
+use crate::host_base::{LABEL_LIBC, LABEL_NODE_VERSION};
 use crate::image_config::{Settings, parse_env, write_image};
+use crate::lockfile::Platform;
 use crate::pipeline::{self, Context};
 use crate::project::{BuildScript, ProjectConfig};
 use crate::shared::{NoSharedLayers, SharedLayers};
@@ -139,7 +140,18 @@ pub fn build_with(
         }
         content = key.digest();
     }
-    let installer = installer::choose(source, ws.is_some(), &packages)?;
+    let platform = Platform::of_image(
+        &base.config.os,
+        &base.config.architecture,
+        base.label(LABEL_LIBC),
+    );
+    let installer = installer::choose(
+        source,
+        ws.is_some(),
+        &packages,
+        &config.allow_scripts,
+        &platform,
+    )?;
     let cx = Context {
         source,
         root: &root,

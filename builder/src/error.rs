@@ -59,6 +59,17 @@ pub enum BuildError {
         /// The package.json.
         path: PathBuf,
     },
+    /// A package named by the lockfile could not be laid into the deps layer: its archive
+    /// does not match the lockfile's integrity, is not a readable tarball, or is missing.
+    #[error("package {package} ({path}): {problem}")]
+    Package {
+        /// `name@version`.
+        package: String,
+        /// Its install path in the lockfile (`node_modules/a/node_modules/b`).
+        path: String,
+        /// What is wrong.
+        problem: String,
+    },
     /// `npm ci` could not be started or failed.
     #[error("npm ci for {source_dir} failed ({status}): {output}")]
     Npm {

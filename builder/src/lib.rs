@@ -12,6 +12,7 @@ pub mod host_base;
 pub mod image;
 pub mod image_config;
 mod installer;
+mod lockfile;
 pub mod native;
 pub mod node_version;
 pub mod npm;

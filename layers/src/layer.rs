@@ -154,31 +154,89 @@ impl LayerBuilder {
     pub fn write_tar<W: Write>(&self, out: W) -> Result<W> {
         let mut tar = tar::Builder::new(out);
         for (parts, entry) in &self.entries {
-            self.append(&mut tar, &parts.join("/"), entry)?;
+            append(&mut tar, self.mtime, &parts.join("/"), entry)?;
         }
         tar.into_inner().map_err(Error::io("finish tar", "layer"))
     }
 
     /// Writes the layer into `store` in one pass and returns its descriptor and diff id.
     pub fn write_to(&self, store: &BlobStore) -> Result<Layer> {
+        let mut stream = LayerStream::new(store, self.mtime)?;
+        for (parts, entry) in &self.entries {
+            stream.entry(&parts.join("/"), entry)?;
+        }
+        stream.finish()
+    }
+}
+
+/// A layer written entry by entry, in the caller's order, straight into a blob store: for
+/// entries whose bytes come from a stream (a package tarball) rather than from disk. The
+/// caller owns the order and must not repeat a path; parents are not added.
+pub struct LayerStream {
+    tar: tar::Builder<HashingWriter<ParallelGzWriter<crate::store::BlobWriter>>>,
+    mtime: u64,
+    root: PathBuf,
+}
+
+impl LayerStream {
+    /// A new layer in `store` whose entries get `mtime`.
+    pub fn new(store: &BlobStore, mtime: u64) -> Result<Self> {
         let blob = store.blob_writer()?;
-        let gz = ParallelGzWriter::new(blob);
-        let tar_out = self
-            .write_tar(HashingWriter::new(gz))
-            .map_err(|e| match e {
-                Error::Io { op, source, .. } if op.starts_with("write") || op == "finish tar" => {
-                    Error::Io {
-                        op: "write layer into",
-                        path: store.root().join("blobs/sha256"),
-                        source,
-                    }
-                }
-                other => other,
-            })?;
+        Ok(LayerStream {
+            tar: tar::Builder::new(HashingWriter::new(ParallelGzWriter::new(blob))),
+            mtime,
+            root: store.root().join("blobs/sha256"),
+        })
+    }
+
+    /// Appends `entry` at `path`.
+    pub fn entry(&mut self, path: &str, entry: &Entry) -> Result<()> {
+        append(&mut self.tar, self.mtime, path, entry).map_err(|e| self.output_error(e))
+    }
+
+    /// Appends a root-owned regular file of `size` bytes read from `data`, with `mode`. A
+    /// read failure is `Error::Io` with op `read`; fewer bytes than `size` is
+    /// `Error::FileChanged`.
+    pub fn reader(&mut self, path: &str, mode: u32, size: u64, data: impl Read) -> Result<()> {
+        let mut header = header(self.mtime, mode, (0, 0));
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(size);
+        let mut reader = CountingReader {
+            inner: data.take(size),
+            read: 0,
+            failed: false,
+        };
+        let result = self.tar.append_data(&mut header, path, &mut reader);
+        match result {
+            Err(e) if !reader.failed => Err(self.output_error(Error::Io {
+                op: "write tar entry",
+                path: path.into(),
+                source: e,
+            })),
+            Err(e) => Err(Error::Io {
+                op: "read",
+                path: path.into(),
+                source: e,
+            }),
+            Ok(()) if reader.read != size => Err(Error::FileChanged {
+                path: path.into(),
+                expected: size,
+                found: reader.read,
+            }),
+            Ok(()) => Ok(()),
+        }
+    }
+
+    /// Finishes the tar and the gzip stream and commits the blob.
+    pub fn finish(self) -> Result<Layer> {
+        let root = self.root.clone();
+        let tar_out = self.tar.into_inner().map_err(|source| Error::Io {
+            op: "write layer into",
+            path: root.clone(),
+            source,
+        })?;
         let (gz, diff_id, _) = tar_out.finish();
-        let blob = gz
-            .finish()
-            .map_err(Error::io("gzip layer into", store.root()))?;
+        let blob = gz.finish().map_err(Error::io("gzip layer into", &root))?;
         let (digest, size) = blob.commit()?;
         Ok(Layer {
             descriptor: Descriptor::new(MEDIA_TYPE_LAYER_GZIP, digest, size),
@@ -186,59 +244,83 @@ impl LayerBuilder {
         })
     }
 
-    fn append<W: Write>(&self, tar: &mut tar::Builder<W>, path: &str, entry: &Entry) -> Result<()> {
-        let mut header = tar::Header::new_ustar();
-        header.set_mtime(self.mtime);
-        header.set_uid(entry.owner.0);
-        header.set_gid(entry.owner.1);
-        header.set_mode(entry.mode);
-        let failed = |e: io::Error| Error::Io {
-            op: "write tar entry",
-            path: path.into(),
-            source: e,
-        };
-        match &entry.kind {
-            EntryKind::Dir => {
-                header.set_entry_type(tar::EntryType::Directory);
-                header.set_size(0);
-                tar.append_data(&mut header, format!("{path}/"), io::empty())
-                    .map_err(failed)
-            }
-            EntryKind::Bytes(bytes) => {
-                header.set_entry_type(tar::EntryType::Regular);
-                header.set_size(bytes.len() as u64);
-                tar.append_data(&mut header, path, bytes.as_slice())
-                    .map_err(failed)
-            }
-            EntryKind::Symlink(target) => {
-                header.set_entry_type(tar::EntryType::Symlink);
-                header.set_size(0);
-                tar.append_link(&mut header, path, target).map_err(failed)
-            }
-            EntryKind::File { source, size } => {
-                header.set_entry_type(tar::EntryType::Regular);
-                header.set_size(*size);
-                let file = File::open(source).map_err(Error::io("open", source))?;
-                let mut reader = CountingReader {
-                    inner: file.take(*size),
-                    read: 0,
-                    failed: false,
-                };
-                match tar.append_data(&mut header, path, &mut reader) {
-                    // The output failed (disk full, …), not the file.
-                    Err(e) if !reader.failed => Err(failed(e)),
-                    Err(e) => Err(Error::Io {
-                        op: "read",
-                        path: source.clone(),
-                        source: e,
-                    }),
-                    Ok(()) if reader.read != *size => Err(Error::FileChanged {
-                        path: source.clone(),
-                        expected: *size,
-                        found: reader.read,
-                    }),
-                    Ok(()) => Ok(()),
+    /// A failure to write the output names the store, not the entry.
+    fn output_error(&self, e: Error) -> Error {
+        match e {
+            Error::Io { op, source, .. } if op.starts_with("write") || op == "finish tar" => {
+                Error::Io {
+                    op: "write layer into",
+                    path: self.root.clone(),
+                    source,
                 }
+            }
+            other => other,
+        }
+    }
+}
+
+fn header(mtime: u64, mode: u32, owner: (u64, u64)) -> tar::Header {
+    let mut header = tar::Header::new_ustar();
+    header.set_mtime(mtime);
+    header.set_uid(owner.0);
+    header.set_gid(owner.1);
+    header.set_mode(mode);
+    header
+}
+
+fn append<W: Write>(
+    tar: &mut tar::Builder<W>,
+    mtime: u64,
+    path: &str,
+    entry: &Entry,
+) -> Result<()> {
+    let mut header = header(mtime, entry.mode, entry.owner);
+    let failed = |e: io::Error| Error::Io {
+        op: "write tar entry",
+        path: path.into(),
+        source: e,
+    };
+    match &entry.kind {
+        EntryKind::Dir => {
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_size(0);
+            tar.append_data(&mut header, format!("{path}/"), io::empty())
+                .map_err(failed)
+        }
+        EntryKind::Bytes(bytes) => {
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(bytes.len() as u64);
+            tar.append_data(&mut header, path, bytes.as_slice())
+                .map_err(failed)
+        }
+        EntryKind::Symlink(target) => {
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_size(0);
+            tar.append_link(&mut header, path, target).map_err(failed)
+        }
+        EntryKind::File { source, size } => {
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_size(*size);
+            let file = File::open(source).map_err(Error::io("open", source))?;
+            let mut reader = CountingReader {
+                inner: file.take(*size),
+                read: 0,
+                failed: false,
+            };
+            match tar.append_data(&mut header, path, &mut reader) {
+                // The output failed (disk full, …), not the file.
+                Err(e) if !reader.failed => Err(failed(e)),
+                Err(e) => Err(Error::Io {
+                    op: "read",
+                    path: source.clone(),
+                    source: e,
+                }),
+                Ok(()) if reader.read != *size => Err(Error::FileChanged {
+                    path: source.clone(),
+                    expected: *size,
+                    found: reader.read,
+                }),
+                Ok(()) => Ok(()),
             }
         }
     }

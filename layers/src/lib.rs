@@ -20,7 +20,7 @@ pub use cache::{CacheKey, LayerCache};
 pub use digest::{Digest, HashingWriter};
 pub use error::{Error, Result};
 pub use extract::{ExtractLimits, Extracted, extract_tar_gz};
-pub use layer::{Entry, EntryKind, Layer, LayerBuilder};
+pub use layer::{Entry, EntryKind, Layer, LayerBuilder, LayerStream};
 pub use oci::{Descriptor, ImageConfig, ImageIndex, ImageManifest};
 pub use source::{SourceEntry, SourceKind, SourceTree};
 pub use store::BlobStore;

@@ -4,14 +4,16 @@
 //! here plus one line in [`choose`].
 
 mod npm_ci;
+mod npm_lockfile;
 mod pnpm;
 mod vendored;
 mod yarn;
 
 use std::path::{Path, PathBuf};
 
-use kiln_layers::CacheKey;
+use kiln_layers::{CacheKey, Layer};
 
+use crate::lockfile::{self, Platform};
 use crate::npm::Manifest;
 use crate::package_manager::{LockKind, Tool};
 use crate::pipeline::Context;
@@ -48,21 +50,39 @@ pub(crate) trait Installer {
     fn installs(&self) -> bool {
         true
     }
+    /// Writes the production deps layer itself (`app/node_modules`), with no tree on disk in
+    /// between; `None` when the stage is to scan what [`Installer::install`] lays out.
+    fn write_layer(&self, _cx: &Context) -> Option<Result<Streamed>> {
+        None
+    }
+}
+
+/// A deps layer an installer wrote itself.
+pub(crate) struct Streamed {
+    /// The layer, in the blob store.
+    pub layer: Layer,
+    /// The packages in it with native code.
+    pub native: Vec<String>,
 }
 
 /// The installer for the app in `source` (a workspace package when `in_workspace`) whose
-/// package.json and lockfile are `packages`, or `None` when it has no dependencies.
+/// package.json and lockfile are `packages`, for an image on `platform`; `None` when it has no
+/// dependencies. An npm lockfile is laid out by kiln itself unless it needs npm (install
+/// scripts the app allows, git or file dependencies, a monorepo), which is then said.
 pub(crate) fn choose(
     source: &Path,
     in_workspace: bool,
     packages: &Manifest,
+    allow_scripts: &[String],
+    platform: &Platform,
 ) -> Result<Option<Box<dyn Installer>>> {
     if !in_workspace && source.join("node_modules").is_dir() {
         return Ok(Some(Box::new(vendored::Vendored::scan(source)?)));
     }
     if let Some(lock) = &packages.lockfile {
         return Ok(Some(match (lock.kind, packages.tool.clone()) {
-            (LockKind::Npm, _) | (_, None) => Box::<npm_ci::NpmCi>::default(),
+            (LockKind::Npm, _) => npm(in_workspace, packages, allow_scripts, platform),
+            (_, None) => Box::<npm_ci::NpmCi>::default(),
             (LockKind::Pnpm, Some(tool)) => Box::new(pnpm::Pnpm { tool }),
             (LockKind::YarnClassic, Some(tool)) => Box::new(yarn::Yarn { tool, berry: false }),
             (LockKind::YarnBerry, Some(tool)) => Box::new(yarn::Yarn { tool, berry: true }),
@@ -74,6 +94,41 @@ pub(crate) fn choose(
         });
     }
     Ok(None)
+}
+
+/// kiln's own layout of an npm lockfile, or `npm ci` with the reason.
+fn npm(
+    in_workspace: bool,
+    packages: &Manifest,
+    allow_scripts: &[String],
+    platform: &Platform,
+) -> Box<dyn Installer> {
+    let scripted = crate::native::skipped_install_scripts(&packages.lock);
+    let allowed: Vec<&String> = scripted
+        .iter()
+        .filter(|n| allow_scripts.contains(n))
+        .collect();
+    let streamed = if in_workspace {
+        Err("a monorepo's lockfile".to_owned())
+    } else if !allowed.is_empty() {
+        Err(format!(
+            "kiln.allowScripts runs install scripts ({})",
+            allowed
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+    } else {
+        lockfile::production_packages(&packages.lock, platform)
+    };
+    match streamed {
+        Ok(list) => Box::new(npm_lockfile::NpmLockfile {
+            packages: list,
+            npm: npm_ci::NpmCi::default(),
+        }),
+        Err(why) => Box::new(npm_ci::NpmCi::because(why)),
+    }
 }
 
 /// Says which installed packages under `modules` have install scripts that did not run; the

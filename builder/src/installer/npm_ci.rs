@@ -19,9 +19,19 @@ const INPUTS: [&str; 3] = ["package.json", "package-lock.json", ".npmrc"];
 #[derive(Default)]
 pub(crate) struct NpmCi {
     closure: OnceCell<BTreeSet<String>>,
+    /// Why npm installs rather than kiln's own lockfile reader, said when it does.
+    why: Option<String>,
 }
 
 impl NpmCi {
+    /// `npm ci` in place of kiln's lockfile reader, because of `why`.
+    pub fn because(why: String) -> Self {
+        NpmCi {
+            why: Some(why),
+            ..NpmCi::default()
+        }
+    }
+
     /// The lockfile entries the workspace `ws` needs, computed once.
     fn closure(&self, cx: &Context, ws: &Workspace) -> &BTreeSet<String> {
         self.closure
@@ -121,6 +131,10 @@ impl Installer for NpmCi {
                     "deps: kiln.allowScripts names {name}, which is not a production dependency with an install script"
                 )));
             }
+        }
+        if let Some(why) = &self.why {
+            cx.progress
+                .step(Step::Note(format!("deps: npm installs them: {why}")));
         }
         cx.progress.step(Step::Installing(
             "deps: npm ci --omit=dev --ignore-scripts".into(),

@@ -3,7 +3,7 @@
 //! tree may hold native code, so a portable tree is shared across Node versions.
 
 use kiln_layers::source::ScanOptions;
-use kiln_layers::{CacheKey, Entry, LayerBuilder, SourceTree};
+use kiln_layers::{CacheKey, Entry, Layer, LayerBuilder, SourceTree};
 
 use crate::built::LayerKind;
 use crate::host_base::{LABEL_LIBC, LABEL_NODE_ABI};
@@ -58,9 +58,13 @@ impl Stage for Deps {
 
     fn make(&self, cx: &Context, keys: &[CacheKey]) -> Result<Made> {
         let installer = cx.installer.expect("planned with an installer");
-        let scratch = cx.scratch()?;
-        let modules = installer.install(cx, scratch.path(), installer::Deps::Production)?;
-        let native = native::packages_with_native_code(&modules);
+        let (layer, native) = match installer.write_layer(cx) {
+            Some(streamed) => {
+                let streamed = streamed?;
+                (streamed.layer, streamed.native)
+            }
+            None => from_disk(cx, installer)?,
+        };
         let key = if native.is_empty() {
             keys.last()
         } else {
@@ -72,31 +76,40 @@ impl Stage for Deps {
             )));
             keys.first()
         };
-        let mut layer = LayerBuilder::new(cx.epoch);
-        layer
-            .add("app", Entry::dir())
-            .add("app/node_modules", Entry::dir());
-        match cx.workspace {
-            // The node_modules of the root and of the members, as far as the closure goes.
-            Some(ws) => {
-                let tree = SourceTree::scan(scratch.path(), &ScanOptions::default())?;
-                tree.filtered(|entry| {
-                    workspace::in_members_modules(ws, &entry.rel)
-                        && installer.keeps(cx, &entry.rel, &entry.path)
-                })
-                .add_to(&mut layer, "app");
-            }
-            None => {
-                let tree = SourceTree::scan(&modules, &ScanOptions::default())?;
-                tree.add_to(&mut layer, "app/node_modules");
-            }
-        }
         Ok(Made {
-            layer: layer.write_to(cx.cache.store())?,
+            layer,
             key: key.expect("at least one key").clone(),
             detail: None,
         })
     }
+}
+
+/// Installs into a scratch directory and writes the layer from the tree there; returns it and
+/// the packages with native code.
+fn from_disk(cx: &Context, installer: &dyn Installer) -> Result<(Layer, Vec<String>)> {
+    let scratch = cx.scratch()?;
+    let modules = installer.install(cx, scratch.path(), installer::Deps::Production)?;
+    let native = native::packages_with_native_code(&modules);
+    let mut layer = LayerBuilder::new(cx.epoch);
+    layer
+        .add("app", Entry::dir())
+        .add("app/node_modules", Entry::dir());
+    match cx.workspace {
+        // The node_modules of the root and of the members, as far as the closure goes.
+        Some(ws) => {
+            let tree = SourceTree::scan(scratch.path(), &ScanOptions::default())?;
+            tree.filtered(|entry| {
+                workspace::in_members_modules(ws, &entry.rel)
+                    && installer.keeps(cx, &entry.rel, &entry.path)
+            })
+            .add_to(&mut layer, "app");
+        }
+        None => {
+            let tree = SourceTree::scan(&modules, &ScanOptions::default())?;
+            tree.add_to(&mut layer, "app/node_modules");
+        }
+    }
+    Ok((layer.write_to(cx.cache.store())?, native))
 }
 
 fn abi(cx: &Context) -> String {

@@ -1,0 +1,354 @@
+//! kiln's own layout of npm lockfiles: the deps layer it streams from package tarballs holds
+//! the tree `npm ci --omit=dev --ignore-scripts` lays out, file for file (paths, contents,
+//! executable bits, `.bin` links), on real lockfiles; a tampered tarball is refused naming the
+//! package; a tarball missing from npm's cache is fetched with npm's own config.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use common::{kiln_cmd, root};
+use kiln_layers::Digest;
+
+/// What a path in a tree is.
+#[derive(Debug, PartialEq, Eq)]
+enum Node {
+    Dir,
+    File { executable: bool, digest: String },
+    Link(String),
+}
+
+/// The generated apps (`.ci/run` makes them in target/real-apps).
+fn real_apps() -> PathBuf {
+    let dir = std::env::var_os("KILN_REAL_APPS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/real-apps"));
+    assert!(
+        dir.join("npm-cache").is_dir(),
+        "no generated apps in {}: run fixtures/real-apps/make.sh {} first",
+        dir.display(),
+        dir.display()
+    );
+    dir
+}
+
+fn copy(from: &Path, to: &Path) {
+    let ok = Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(ok.success(), "copy {}", from.display());
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `kiln build --json` of `app` into `out`; the build's output and the deps layer's tree.
+fn kiln_deps_tree(app: &Path, npm_cache: &Path, tmp: &Path) -> (String, BTreeMap<String, Node>) {
+    let out_dir = tmp.join("out");
+    let output = kiln_cmd(&tmp.join("cache"), npm_cache)
+        .arg("build")
+        .arg(app)
+        // Only the deps layer is compared: no build script, and a start that needs no built file.
+        .args([
+            "--no-build",
+            "--start",
+            "node package.json",
+            "--json",
+            "--tag",
+            "t",
+            "--layout",
+        ])
+        .arg(&out_dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "{stdout}\n{}", stderr(&output));
+    let built: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let deps = built["built"]["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["kind"] == "deps")
+        .unwrap_or_else(|| panic!("no deps layer: {stdout}"));
+    let digest: Digest = deps["descriptor"]["digest"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let store = kiln_layers::BlobStore::open(&out_dir).unwrap();
+    let blob = std::fs::File::open(store.blob_path(&digest)).unwrap();
+    let mut tar = tar::Archive::new(flate2::read::MultiGzDecoder::new(blob));
+    let mut tree = BTreeMap::new();
+    for entry in tar.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        let Some(rel) = path.strip_prefix("app/node_modules/") else {
+            continue;
+        };
+        let rel = rel.trim_end_matches('/').to_owned();
+        if rel.is_empty() {
+            continue;
+        }
+        let node = match entry.header().entry_type() {
+            tar::EntryType::Directory => Node::Dir,
+            tar::EntryType::Symlink => Node::Link(
+                entry
+                    .link_name()
+                    .unwrap()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            ),
+            _ => {
+                let executable = entry.header().mode().unwrap() & 0o111 != 0;
+                let mut bytes = Vec::new();
+                entry.read_to_end(&mut bytes).unwrap();
+                Node::File {
+                    executable,
+                    digest: Digest::of(&bytes).to_string(),
+                }
+            }
+        };
+        assert!(
+            tree.insert(rel.clone(), node).is_none(),
+            "{rel} twice in the layer"
+        );
+    }
+    (stdout, tree)
+}
+
+/// `npm ci --omit=dev --ignore-scripts` of `app` offline on a copy of `npm_cache`, as a tree.
+fn npm_tree(app: &Path, npm_cache: &Path, tmp: &Path) -> BTreeMap<String, Node> {
+    let cache = tmp.join("npm-cache-copy");
+    if !cache.exists() {
+        copy(npm_cache, &cache);
+    }
+    let out = Command::new("npm")
+        .args([
+            "ci",
+            "--omit=dev",
+            "--ignore-scripts",
+            "--offline",
+            "--no-audit",
+            "--no-fund",
+        ])
+        .arg("--cache")
+        .arg(&cache)
+        .current_dir(app)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "npm ci: {}", stderr(&out));
+    let mut tree = BTreeMap::new();
+    walk(&app.join("node_modules"), "", &mut tree);
+    tree.remove(".package-lock.json");
+    tree
+}
+
+fn walk(dir: &Path, prefix: &str, tree: &mut BTreeMap<String, Node>) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        let rel = format!("{prefix}{}", entry.file_name().to_string_lossy());
+        let meta = entry.path().symlink_metadata().unwrap();
+        let node = if meta.file_type().is_symlink() {
+            Node::Link(
+                std::fs::read_link(entry.path())
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned(),
+            )
+        } else if meta.is_dir() {
+            walk(&entry.path(), &format!("{rel}/"), tree);
+            Node::Dir
+        } else {
+            Node::File {
+                executable: meta.permissions().mode() & 0o111 != 0,
+                digest: Digest::of(&std::fs::read(entry.path()).unwrap()).to_string(),
+            }
+        };
+        tree.insert(rel, node);
+    }
+}
+
+/// Asserts two trees are equal, naming the first differences.
+fn assert_same(app: &str, kiln: &BTreeMap<String, Node>, npm: &BTreeMap<String, Node>) {
+    let mut differences = Vec::new();
+    for (path, node) in npm {
+        match kiln.get(path) {
+            None => differences.push(format!("only npm has {path} ({node:?})")),
+            Some(mine) if mine != node => {
+                differences.push(format!("{path}: kiln {mine:?}, npm {node:?}"))
+            }
+            _ => {}
+        }
+    }
+    for (path, node) in kiln {
+        if !npm.contains_key(path) {
+            differences.push(format!("only kiln has {path} ({node:?})"));
+        }
+    }
+    assert!(
+        differences.is_empty(),
+        "{app}: {} differences, first: {:#?}",
+        differences.len(),
+        &differences[..differences.len().min(12)]
+    );
+}
+
+/// The deps layer of `app` equals npm's tree, and kiln said it streamed it.
+fn conforms(name: &str, app: &Path, npm_cache: &Path) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (kiln_app, npm_app) = (tmp.path().join("k"), tmp.path().join("n"));
+    copy(app, &kiln_app);
+    copy(app, &npm_app);
+    let (out, kiln) = kiln_deps_tree(&kiln_app, npm_cache, tmp.path());
+    assert!(out.contains("streamed from npm's cache"), "{name}: {out}");
+    let npm = npm_tree(&npm_app, npm_cache, tmp.path());
+    assert!(npm.len() > 10, "{name}: npm laid out only {npm:?}");
+    assert_same(name, &kiln, &npm);
+}
+
+#[test]
+fn the_streamed_layer_is_npm_ci_file_for_file_on_real_lockfiles() {
+    let apps = real_apps();
+    // The generators' apps: bins (fastify, egg-scripts), scoped and nested packages, sharp's
+    // platform-specific optional packages.
+    for name in ["express", "koa", "egg", "fastify", "nest", "sharp"] {
+        conforms(name, &apps.join(name), &apps.join("npm-cache"));
+    }
+    conforms(
+        "express-app (bench)",
+        &root().join("bench/fixtures/express-app"),
+        &root().join("bench/npm-cache"),
+    );
+    conforms(
+        "app-express",
+        &root().join("fixtures/app-express"),
+        &root().join("fixtures/npm-cache"),
+    );
+}
+
+/// The tarball npm's cache holds for `integrity` under `cache`.
+fn cached_tarball(cache: &Path, integrity: &str) -> PathBuf {
+    use base64::Engine;
+    let (algorithm, b64) = integrity.split_once('-').unwrap();
+    let hex = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<String>();
+    cache
+        .join("_cacache/content-v2")
+        .join(algorithm)
+        .join(&hex[..2])
+        .join(&hex[2..4])
+        .join(&hex[4..])
+}
+
+fn lock_entry(app: &Path, path: &str) -> serde_json::Value {
+    let lock: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(app.join("package-lock.json")).unwrap()).unwrap();
+    lock["packages"][path].clone()
+}
+
+#[test]
+fn a_tarball_that_does_not_match_the_lockfile_is_refused_naming_the_package() {
+    let tmp = tempfile::tempdir().unwrap();
+    let app = tmp.path().join("app");
+    copy(&root().join("fixtures/app-express"), &app);
+    let cache = tmp.path().join("npm-cache");
+    copy(&root().join("fixtures/npm-cache"), &cache);
+    let entry = lock_entry(&app, "node_modules/ms");
+    let tarball = cached_tarball(&cache, entry["integrity"].as_str().unwrap());
+    let mut bytes = std::fs::read(&tarball).unwrap();
+    let last = bytes.len() - 20;
+    bytes[last] ^= 0xff;
+    std::fs::write(&tarball, bytes).unwrap();
+
+    let out = kiln_cmd(&tmp.path().join("cache"), &cache)
+        .arg("build")
+        .arg(&app)
+        .arg("--layout")
+        .arg(tmp.path().join("out"))
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    let version = entry["version"].as_str().unwrap();
+    assert!(
+        err.contains(&format!("package ms@{version} (node_modules/ms)"))
+            && err.contains("does not match the lockfile's integrity"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_tarball_missing_from_npms_cache_is_fetched_from_where_the_lockfile_says() {
+    let tmp = tempfile::tempdir().unwrap();
+    // A registry of one tarball on loopback: ms, taken from the fixtures' cache.
+    let served = tmp.path().join("served");
+    std::fs::create_dir_all(&served).unwrap();
+    let entry = lock_entry(&root().join("fixtures/app-express"), "node_modules/ms");
+    let integrity = entry["integrity"].as_str().unwrap();
+    let version = entry["version"].as_str().unwrap();
+    std::fs::copy(
+        cached_tarball(&root().join("fixtures/npm-cache"), integrity),
+        served.join("ms.tgz"),
+    )
+    .unwrap();
+    let port = common::free_port();
+    let mut server = Command::new("python3")
+        .args(["-m", "http.server", "--bind", "127.0.0.1"])
+        .arg(port.to_string())
+        .current_dir(&served)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let url = format!("http://127.0.0.1:{port}/ms.tgz");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+
+    let app = tmp.path().join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    let package = serde_json::json!({"name": "one", "version": "1.0.0",
+        "dependencies": {"ms": version}, "scripts": {"start": "node index.js"}});
+    let lock = serde_json::json!({"name": "one", "version": "1.0.0", "lockfileVersion": 3,
+        "requires": true, "packages": {
+            "": {"name": "one", "version": "1.0.0", "dependencies": {"ms": version}},
+            "node_modules/ms": {"version": version, "resolved": url, "integrity": integrity}}});
+    std::fs::write(app.join("package.json"), package.to_string()).unwrap();
+    std::fs::write(app.join("package-lock.json"), lock.to_string()).unwrap();
+    std::fs::write(app.join("index.js"), "require('ms');\n").unwrap();
+
+    let cache = tmp.path().join("empty-npm-cache");
+    let out = kiln_cmd(&tmp.path().join("cache"), &cache)
+        .env_remove("npm_config_offline")
+        .arg("build")
+        .arg(&app)
+        .arg("--layout")
+        .arg(tmp.path().join("out"))
+        .output()
+        .unwrap();
+    server.kill().ok();
+    server.wait().ok();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("fetching 1 packages into npm's cache"),
+        "{err}"
+    );
+    assert!(cached_tarball(&cache, integrity).is_file(), "{err}");
+}
