@@ -50,10 +50,22 @@ fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// `kiln build --json` of `app` into `out`; the build's output and the deps layer's tree.
+/// `kiln build --json` of `app` into `out`; the build's output and the deps layer's tree
+/// (below `app/node_modules/`, or with `all`, below `app/`).
 fn kiln_deps_tree(app: &Path, npm_cache: &Path, tmp: &Path) -> (String, BTreeMap<String, Node>) {
+    kiln_layer_tree(app, npm_cache, tmp, &[], "app/node_modules/")
+}
+
+fn kiln_layer_tree(
+    app: &Path,
+    npm_cache: &Path,
+    tmp: &Path,
+    env: &[(&str, &str)],
+    under: &str,
+) -> (String, BTreeMap<String, Node>) {
     let out_dir = tmp.join("out");
     let output = kiln_cmd(&tmp.join("cache"), npm_cache)
+        .envs(env.iter().copied())
         .arg("build")
         .arg(app)
         // Only the deps layer is compared: no build script, and a start that needs no built file.
@@ -90,7 +102,7 @@ fn kiln_deps_tree(app: &Path, npm_cache: &Path, tmp: &Path) -> (String, BTreeMap
     for entry in tar.entries().unwrap() {
         let mut entry = entry.unwrap();
         let path = entry.path().unwrap().to_string_lossy().into_owned();
-        let Some(rel) = path.strip_prefix("app/node_modules/") else {
+        let Some(rel) = path.strip_prefix(under) else {
             continue;
         };
         let rel = rel.trim_end_matches('/').to_owned();
@@ -177,6 +189,17 @@ fn walk(dir: &Path, prefix: &str, tree: &mut BTreeMap<String, Node>) {
     }
 }
 
+/// `tree` without its directories that hold nothing.
+fn without_empty_dirs(tree: BTreeMap<String, Node>) -> BTreeMap<String, Node> {
+    let holding: std::collections::HashSet<String> = tree
+        .keys()
+        .filter_map(|p| p.rsplit_once('/').map(|(parent, _)| parent.to_owned()))
+        .collect();
+    tree.into_iter()
+        .filter(|(path, node)| *node != Node::Dir || holding.contains(path))
+        .collect()
+}
+
 /// Asserts two trees are equal, naming the first differences.
 fn assert_same(app: &str, kiln: &BTreeMap<String, Node>, npm: &BTreeMap<String, Node>) {
     let mut differences = Vec::new();
@@ -213,6 +236,42 @@ fn conforms(name: &str, app: &Path, npm_cache: &Path) {
     let npm = npm_tree(&npm_app, npm_cache, tmp.path());
     assert!(npm.len() > 10, "{name}: npm laid out only {npm:?}");
     assert_same(name, &kiln, &npm);
+}
+
+#[test]
+fn a_workspace_package_gets_the_same_layer_as_npm_ci_and_its_closure() {
+    let fixtures = std::env::var_os("KILN_LOCKFILES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/lockfiles"));
+    assert!(
+        fixtures.join("npm-workspaces").is_dir(),
+        "run fixtures/lockfiles/make.sh {} first",
+        fixtures.display()
+    );
+    let cache = fixtures.join("npm-cache");
+    for service in ["api", "web"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let repo = tmp.path().join("repo");
+        copy(&fixtures.join("npm-workspaces"), &repo);
+        let app = repo.join("packages").join(service);
+        let (streamed_dir, npm_dir) = (tmp.path().join("s"), tmp.path().join("n"));
+        std::fs::create_dir_all(&streamed_dir).unwrap();
+        std::fs::create_dir_all(&npm_dir).unwrap();
+        let (out, streamed) = kiln_layer_tree(&app, &cache, &streamed_dir, &[], "app/");
+        assert!(out.contains("streamed from npm's cache"), "{out}");
+        let npm_cache = tmp.path().join("npm-cache-copy");
+        copy(&cache, &npm_cache);
+        let (out, npm) =
+            kiln_layer_tree(&app, &npm_cache, &npm_dir, &[("KILN_NPM_CI", "1")], "app/");
+        assert!(
+            out.contains("npm installs them: KILN_NPM_CI is set"),
+            "{out}"
+        );
+        assert!(npm.len() > 10, "{service}: {npm:?}");
+        // The closure filter of an npm install leaves the scope directories of packages it
+        // drops, empty; kiln never writes them.
+        assert_same(service, &streamed, &without_empty_dirs(npm));
+    }
 }
 
 #[test]
@@ -351,4 +410,45 @@ fn a_tarball_missing_from_npms_cache_is_fetched_from_where_the_lockfile_says() {
         "{err}"
     );
     assert!(cached_tarball(&cache, integrity).is_file(), "{err}");
+}
+
+#[test]
+fn a_tarball_nobody_serves_fails_the_build_with_npms_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let entry = lock_entry(&root().join("fixtures/app-express"), "node_modules/ms");
+    let (integrity, version) = (
+        entry["integrity"].as_str().unwrap(),
+        entry["version"].as_str().unwrap(),
+    );
+    let app = tmp.path().join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    let url = format!("http://127.0.0.1:{}/ms.tgz", common::free_port());
+    let package = serde_json::json!({"name": "one", "version": "1.0.0",
+        "dependencies": {"ms": version}, "scripts": {"start": "node index.js"}});
+    let lock = serde_json::json!({"name": "one", "version": "1.0.0", "lockfileVersion": 3,
+        "requires": true, "packages": {
+            "": {"name": "one", "version": "1.0.0", "dependencies": {"ms": version}},
+            "node_modules/ms": {"version": version, "resolved": url, "integrity": integrity}}});
+    std::fs::write(app.join("package.json"), package.to_string()).unwrap();
+    std::fs::write(app.join("package-lock.json"), lock.to_string()).unwrap();
+    std::fs::write(app.join("index.js"), "require('ms');\n").unwrap();
+    let out = kiln_cmd(
+        &tmp.path().join("cache"),
+        &tmp.path().join("empty-npm-cache"),
+    )
+    .env_remove("npm_config_offline")
+    .env("npm_config_fetch_retries", "0")
+    .arg("build")
+    .arg(&app)
+    .arg("--layout")
+    .arg(tmp.path().join("out"))
+    .output()
+    .unwrap();
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("npm cache add: exit status"), "{err}");
+    assert!(
+        err.contains("ECONNREFUSED") || err.contains("127.0.0.1"),
+        "{err}"
+    );
 }

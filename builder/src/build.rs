@@ -147,7 +147,7 @@ pub fn build_with(
     );
     let installer = installer::choose(
         source,
-        ws.is_some(),
+        ws.as_ref(),
         &packages,
         &config.allow_scripts,
         &platform,

@@ -228,13 +228,12 @@ pub fn in_members_modules(workspace: &Workspace, rel: &str) -> bool {
 /// The lockfile key of the package that owns `rel` (a path in an installed monorepo), e.g.
 /// `node_modules/a/node_modules/@s/b` for `node_modules/a/node_modules/@s/b/lib/x.js`.
 pub fn owning_package(rel: &str) -> Option<String> {
-    let (base, rest) = match rel.rfind("node_modules/") {
-        Some(i) => (
-            &rel[..i + "node_modules/".len()],
-            &rel[i + "node_modules/".len()..],
-        ),
-        None => return None,
-    };
+    owner_at(rel, rel.rfind("node_modules/")?)
+}
+
+/// The package directory named right after the `node_modules/` at byte `i` of `rel`.
+fn owner_at(rel: &str, i: usize) -> Option<String> {
+    let (base, rest) = rel.split_at(i + "node_modules/".len());
     let mut parts = rest.split('/');
     let first = parts.next().filter(|p| !p.is_empty())?;
     if first.starts_with('@') {
@@ -243,6 +242,23 @@ pub fn owning_package(rel: &str) -> Option<String> {
     } else {
         Some(format!("{base}{first}"))
     }
+}
+
+/// The lockfile entry (`packages` key) of the installed package `rel` is in: the nearest
+/// enclosing `node_modules/<name>` that the lockfile names, so that a package's own directory
+/// called `node_modules` (test fixtures) stays with the package.
+pub fn npm_owner(lock: &Value, rel: &str) -> Option<String> {
+    let packages = lock.get("packages")?.as_object()?;
+    let mut end = rel.len();
+    while let Some(i) = rel[..end].rfind("node_modules/") {
+        if let Some(owner) = owner_at(rel, i)
+            && packages.contains_key(&owner)
+        {
+            return Some(owner);
+        }
+        end = i;
+    }
+    None
 }
 
 /// The entries of an npm lockfile (v2/v3 `packages` keys) the workspace needs at run time:
@@ -285,8 +301,13 @@ pub fn npm_closure(lock: &Value, workspace: &Workspace) -> BTreeSet<String> {
     needed
 }
 
-/// Where Node finds `name` required from the lockfile location `from`.
-fn resolve(packages: &serde_json::Map<String, Value>, from: &str, name: &str) -> Option<String> {
+/// Where Node finds `name` required from the lockfile location `from`: `from/node_modules`,
+/// then each enclosing `node_modules` up to the root's.
+pub(crate) fn resolve(
+    packages: &serde_json::Map<String, Value>,
+    from: &str,
+    name: &str,
+) -> Option<String> {
     let mut base = from.to_owned();
     loop {
         let candidate = if base.is_empty() {

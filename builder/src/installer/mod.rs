@@ -17,6 +17,7 @@ use crate::lockfile::{self, Platform};
 use crate::npm::Manifest;
 use crate::package_manager::{LockKind, Tool};
 use crate::pipeline::Context;
+use crate::workspace::Workspace;
 use crate::{BuildError, Result};
 
 /// Which dependencies to install.
@@ -65,23 +66,23 @@ pub(crate) struct Streamed {
     pub native: Vec<String>,
 }
 
-/// The installer for the app in `source` (a workspace package when `in_workspace`) whose
+/// The installer for the app in `source` (a package of the monorepo `workspace`) whose
 /// package.json and lockfile are `packages`, for an image on `platform`; `None` when it has no
 /// dependencies. An npm lockfile is laid out by kiln itself unless it needs npm (install
 /// scripts the app allows, git or file dependencies, a monorepo), which is then said.
 pub(crate) fn choose(
     source: &Path,
-    in_workspace: bool,
+    workspace: Option<&Workspace>,
     packages: &Manifest,
     allow_scripts: &[String],
     platform: &Platform,
 ) -> Result<Option<Box<dyn Installer>>> {
-    if !in_workspace && source.join("node_modules").is_dir() {
+    if workspace.is_none() && source.join("node_modules").is_dir() {
         return Ok(Some(Box::new(vendored::Vendored::scan(source)?)));
     }
     if let Some(lock) = &packages.lockfile {
         return Ok(Some(match (lock.kind, packages.tool.clone()) {
-            (LockKind::Npm, _) => npm(in_workspace, packages, allow_scripts, platform),
+            (LockKind::Npm, _) => npm(workspace, packages, allow_scripts, platform),
             (_, None) => Box::<npm_ci::NpmCi>::default(),
             (LockKind::Pnpm, Some(tool)) => Box::new(pnpm::Pnpm { tool }),
             (LockKind::YarnClassic, Some(tool)) => Box::new(yarn::Yarn { tool, berry: false }),
@@ -98,7 +99,7 @@ pub(crate) fn choose(
 
 /// kiln's own layout of an npm lockfile, or `npm ci` with the reason.
 fn npm(
-    in_workspace: bool,
+    workspace: Option<&Workspace>,
     packages: &Manifest,
     allow_scripts: &[String],
     platform: &Platform,
@@ -108,8 +109,12 @@ fn npm(
         .iter()
         .filter(|n| allow_scripts.contains(n))
         .collect();
-    let streamed = if in_workspace {
-        Err("a monorepo's lockfile".to_owned())
+    let roots = match workspace {
+        Some(ws) => ws.members.clone(),
+        None => vec![String::new()],
+    };
+    let streamed = if std::env::var_os(ENV_NPM_CI).is_some_and(|v| !v.is_empty() && v != "0") {
+        Err(format!("{ENV_NPM_CI} is set"))
     } else if !allowed.is_empty() {
         Err(format!(
             "kiln.allowScripts runs install scripts ({})",
@@ -120,16 +125,19 @@ fn npm(
                 .join(", ")
         ))
     } else {
-        lockfile::production_packages(&packages.lock, platform)
+        lockfile::production_packages(&packages.lock, platform, &roots)
     };
     match streamed {
-        Ok(list) => Box::new(npm_lockfile::NpmLockfile {
-            packages: list,
+        Ok(plan) => Box::new(npm_lockfile::NpmLockfile {
+            plan,
             npm: npm_ci::NpmCi::default(),
         }),
         Err(why) => Box::new(npm_ci::NpmCi::because(why)),
     }
 }
+
+/// Set (to anything but `0`), npm lockfiles are installed by `npm ci`, not by kiln's reader.
+pub(crate) const ENV_NPM_CI: &str = "KILN_NPM_CI";
 
 /// Says which installed packages under `modules` have install scripts that did not run; the
 /// allowlist (`kiln.allowScripts`) is run by npm installs only.

@@ -103,10 +103,11 @@ impl Installer for NpmCi {
                         _ => {}
                     }
                 }
-                workspace::owning_package(&parts.join("/"))
+                workspace::npm_owner(&cx.packages.lock, &parts.join("/"))
                     .is_some_and(|owner| closure.contains(&owner))
             }
-            Some(owner) => closure.contains(&owner),
+            Some(_) => workspace::npm_owner(&cx.packages.lock, rel)
+                .is_some_and(|owner| closure.contains(&owner)),
             None => true,
         }
     }

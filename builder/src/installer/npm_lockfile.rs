@@ -1,18 +1,20 @@
 //! npm lockfiles (v2/v3) installed by kiln itself: each production package's tarball, from
 //! npm's content-addressed cache, is checked against the lockfile's integrity and streamed
 //! straight into the deps layer, with its `.bin` links; no tree is written to disk. Tarballs
-//! missing from the cache are fetched into it first by `npm cache add`, so registries, tokens
-//! and proxies are npm's own config. The build step's full install is `npm ci`.
+//! missing from the cache are fetched into it by `npm cache add` while the others are laid out,
+//! so registries, tokens and proxies are npm's own config. The build step's full install is `npm ci`.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::Duration;
 
 use kiln_layers::{CacheKey, Entry, LayerStream};
 
 use super::npm_ci::NpmCi;
 use super::{Deps, Installer, Streamed, copy_inputs};
 use crate::lockfile::tarball::{self, Dirs};
-use crate::lockfile::{LockedPackage, bins};
+use crate::lockfile::{LockedPackage, Plan, bins};
 use crate::pipeline::Context;
 use crate::{BuildError, Result, Step, native};
 
@@ -21,8 +23,8 @@ const READER: &str = "kiln-npm-lockfile-1";
 
 /// The lockfile's production packages, laid out by kiln.
 pub(crate) struct NpmLockfile {
-    /// The packages, in lockfile path order.
-    pub packages: Vec<LockedPackage>,
+    /// The packages and workspace links.
+    pub plan: Plan,
     /// `npm ci`, for the build step's full install.
     pub npm: NpmCi,
 }
@@ -52,17 +54,21 @@ impl Installer for NpmLockfile {
 impl NpmLockfile {
     fn stream(&self, cx: &Context) -> Result<Streamed> {
         let cache = npm_cache_dir();
-        self.fetch_missing(cx, &cache)?;
+        // The tarballs npm's cache lacks are fetched while those it has are laid out.
+        let mut fetching = self.fetch_missing(cx, &cache)?;
         cx.progress.step(Step::Installing(format!(
             "deps: {} packages from package-lock.json, streamed from npm's cache",
-            self.packages.len()
+            self.plan.packages.len()
         )));
         let mut layer = LayerStream::new(cx.cache.store(), cx.epoch)?;
         let mut dirs = Dirs::default();
         dirs.ensure(&mut layer, "app/node_modules")?;
         let mut native = Vec::new();
-        for package in &self.packages {
+        for package in &self.plan.packages {
             let path = package.integrity.cache_path(&cache);
+            if let Some(fetch) = &mut fetching {
+                fetch.wait_for(&path)?;
+            }
             let file = File::open(&path).map_err(|e| BuildError::Package {
                 package: package.spec(),
                 path: package.path.clone(),
@@ -77,10 +83,27 @@ impl NpmLockfile {
                 native.push(package.name.clone());
             }
         }
-        for (link, target) in bins::links(&self.packages) {
+        let bins = bins::links(&self.plan.packages);
+        for (link, target) in self.plan.links.iter().chain(&bins) {
             let path = format!("app/{link}");
             dirs.parents(&mut layer, &path)?;
-            layer.entry(&path, &Entry::symlink(target))?;
+            layer.entry(&path, &Entry::symlink(target.as_str()))?;
+        }
+        if let Some(fetch) = fetching {
+            fetch.finish()?;
+        }
+        // kiln runs no install scripts here (an app that allows some is installed by npm).
+        let names: std::collections::HashSet<&str> =
+            self.plan.packages.iter().map(|p| p.name.as_str()).collect();
+        let skipped: Vec<String> = native::skipped_install_scripts(&cx.packages.lock)
+            .into_iter()
+            .filter(|n| names.contains(n.as_str()))
+            .collect();
+        if !skipped.is_empty() {
+            cx.progress.step(Step::Note(format!(
+                "deps: install scripts not run (--ignore-scripts): {}",
+                skipped.join(", ")
+            )));
         }
         Ok(Streamed {
             layer: layer.finish()?,
@@ -88,17 +111,18 @@ impl NpmLockfile {
         })
     }
 
-    /// `npm cache add` for the tarballs npm's cache does not hold, in a scratch directory with
-    /// the app's `.npmrc` (never in a layer).
-    fn fetch_missing(&self, cx: &Context, cache: &Path) -> Result<()> {
+    /// Starts `npm cache add` for the tarballs npm's cache does not hold, in a scratch
+    /// directory with the app's `.npmrc` (never in a layer).
+    fn fetch_missing(&self, cx: &Context, cache: &Path) -> Result<Option<Fetching>> {
         let missing: Vec<String> = self
+            .plan
             .packages
             .iter()
             .filter(|p| !p.integrity.cache_path(cache).is_file())
             .map(LockedPackage::fetch_spec)
             .collect();
         if missing.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         cx.progress.step(Step::Installing(format!(
             "deps: fetching {} packages into npm's cache (npm cache add)",
@@ -106,26 +130,90 @@ impl NpmLockfile {
         )));
         let scratch = cx.scratch()?;
         copy_inputs(cx, scratch.path(), &[".npmrc"])?;
-        let out = std::process::Command::new("npm")
-            .args(["cache", "add", "--loglevel=error"])
-            .args(&missing)
-            .current_dir(scratch.path())
-            .output();
         let failed = |status: String, output: String| BuildError::Npm {
             source_dir: cx.source.to_owned(),
             status,
             output,
         };
-        let out = out.map_err(|e| failed(format!("cannot run npm: {e}"), String::new()))?;
-        if !out.status.success() {
-            let text = String::from_utf8_lossy(&out.stderr);
+        let log = scratch.path().join("npm-cache-add.log");
+        let log_file = File::create(&log).map_err(kiln_layers::Error::io("create", &log))?;
+        let child = std::process::Command::new("npm")
+            .args(["cache", "add", "--loglevel=error"])
+            .args(&missing)
+            .current_dir(scratch.path())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| failed(format!("cannot run npm: {e}"), String::new()))?;
+        Ok(Some(Fetching {
+            child: Some(child),
+            source: cx.source.to_owned(),
+            log,
+            _scratch: scratch,
+        }))
+    }
+}
+
+/// A running `npm cache add`.
+struct Fetching {
+    child: Option<Child>,
+    source: PathBuf,
+    /// npm's error output.
+    log: PathBuf,
+    _scratch: tempfile::TempDir,
+}
+
+impl Fetching {
+    /// Waits until npm's cache holds `path` (npm moves each tarball into place whole), or
+    /// npm has ended.
+    fn wait_for(&mut self, path: &Path) -> Result<()> {
+        while !path.is_file() {
+            let Some(child) = &mut self.child else {
+                return Ok(());
+            };
+            if child.try_wait().ok().flatten().is_some() {
+                return self.end();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    }
+
+    /// Waits for npm to end; its failure is an error with the end of its output.
+    fn finish(mut self) -> Result<()> {
+        self.end()
+    }
+
+    fn end(&mut self) -> Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        let failed = |status: String, output: String| BuildError::Npm {
+            source_dir: self.source.clone(),
+            status,
+            output,
+        };
+        let status = child
+            .wait()
+            .map_err(|e| failed(format!("npm cache add: {e}"), String::new()))?;
+        if !status.success() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
             let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
             return Err(failed(
-                format!("npm cache add: {}", out.status),
+                format!("npm cache add: {status}"),
                 lines[lines.len().saturating_sub(8)..].join("\n"),
             ));
         }
         Ok(())
+    }
+}
+
+impl Drop for Fetching {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            child.kill().ok();
+            child.wait().ok();
+        }
     }
 }
 

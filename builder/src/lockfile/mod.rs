@@ -9,7 +9,7 @@ pub(crate) mod tarball;
 
 use std::collections::BTreeSet;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use integrity::Integrity;
 
@@ -94,20 +94,35 @@ impl LockedPackage {
     }
 }
 
-/// The production packages of `lock` for `platform`, in lockfile path order; `Err` says why
-/// the lockfile needs npm itself. They are those reached from the app's dependencies as Node
+/// What to lay out for an app: packages, and links to workspace packages.
+#[derive(Debug, Default)]
+pub(crate) struct Plan {
+    /// The packages, in lockfile path order.
+    pub packages: Vec<LockedPackage>,
+    /// Workspace links: install path, and the relative symlink target npm writes there.
+    pub links: Vec<(String, String)>,
+}
+
+/// The production packages of `lock` for `platform` that the packages at `roots` (lockfile
+/// locations: `""` for an app, the members' directories in a monorepo) need; `Err` says why
+/// the lockfile needs npm itself. They are those reached from the roots' dependencies as Node
 /// resolves them (nearest `node_modules` first), as npm does: an optional package for another
-/// platform is left out, and with it what only it needed.
+/// platform is left out, and with it what only it needed; a link to a workspace package is a
+/// symlink, and that package's dependencies are followed.
 pub(crate) fn production_packages(
     lock: &Value,
     platform: &Platform,
-) -> Result<Vec<LockedPackage>, String> {
+    roots: &[String],
+) -> Result<Plan, String> {
     let Some(packages) = lock.get("packages").and_then(Value::as_object) else {
         return Err("the lockfile has no `packages` map".into());
     };
     let flag = |entry: &Value, key: &str| entry.get(key).and_then(Value::as_bool) == Some(true);
+    let in_workspace = roots.iter().any(|r| !r.is_empty());
     let mut reached: BTreeSet<String> = BTreeSet::new();
-    let mut queue = vec![String::new()];
+    let mut links: Vec<(String, String)> = Vec::new();
+    let mut queue = roots.to_vec();
+    let mut followed: BTreeSet<String> = queue.iter().cloned().collect();
     while let Some(from) = queue.pop() {
         let Some(entry) = packages.get(&from) else {
             continue;
@@ -115,7 +130,7 @@ pub(crate) fn production_packages(
         for key in ["dependencies", "optionalDependencies", "peerDependencies"] {
             let names = entry.get(key).and_then(Value::as_object);
             for name in names.into_iter().flat_map(|m| m.keys()) {
-                let Some(path) = resolve(packages, &from, name) else {
+                let Some(path) = crate::workspace::resolve(packages, &from, name) else {
                     continue;
                 };
                 let dep = &packages[&path];
@@ -123,7 +138,18 @@ pub(crate) fn production_packages(
                     continue;
                 }
                 if flag(dep, "link") {
-                    return Err(format!("{path} is a link"));
+                    // Only a monorepo's own packages ship beside the app.
+                    let target = dep.get("resolved").and_then(Value::as_str);
+                    let Some(target) = target.filter(|_| in_workspace) else {
+                        return Err(format!("{path} is a link"));
+                    };
+                    reached.insert(path.clone());
+                    let up = "../".repeat(path.matches('/').count());
+                    links.push((path.clone(), format!("{up}{target}")));
+                    if followed.insert(target.to_owned()) {
+                        queue.push(target.to_owned());
+                    }
+                    continue;
                 }
                 if !platform.allows(dep) {
                     if flag(dep, "optional") || flag(dep, "devOptional") {
@@ -142,8 +168,8 @@ pub(crate) fn production_packages(
     let mut out = Vec::new();
     for path in reached {
         let entry = &packages[&path];
-        // Bundled packages come in their parent's tarball.
-        if flag(entry, "inBundle") {
+        // Bundled packages come in their parent's tarball; links are symlinks.
+        if flag(entry, "inBundle") || flag(entry, "link") {
             continue;
         }
         let name_from_path = path.rsplit_once("node_modules/").map_or("", |(_, n)| n);
@@ -175,29 +201,11 @@ pub(crate) fn production_packages(
             path,
         });
     }
-    Ok(out)
-}
-
-/// Where `name` required from the package at `from` is found: `from/node_modules/name`, then
-/// in each enclosing `node_modules` up to the app's.
-fn resolve(packages: &Map<String, Value>, from: &str, name: &str) -> Option<String> {
-    let mut base = from;
-    loop {
-        let candidate = if base.is_empty() {
-            format!("node_modules/{name}")
-        } else {
-            format!("{base}/node_modules/{name}")
-        };
-        if packages.contains_key(&candidate) {
-            return Some(candidate);
-        }
-        if base.is_empty() {
-            return None;
-        }
-        base = base
-            .rfind("node_modules/")
-            .map_or("", |i| base[..i].trim_end_matches('/'));
-    }
+    links.sort();
+    Ok(Plan {
+        packages: out,
+        links,
+    })
 }
 
 #[cfg(test)]
@@ -230,7 +238,9 @@ mod tests {
                 "optional": true, "os": ["linux"], "cpu": ["x64"]},
             "node_modules/alias": {"name": "real", "version": "3.0.0", "integrity": SRI},
         }});
-        let packages = production_packages(&lock, &linux()).unwrap();
+        let packages = production_packages(&lock, &linux(), &[String::new()])
+            .unwrap()
+            .packages;
         let paths: Vec<&str> = packages.iter().map(|p| p.path.as_str()).collect();
         assert_eq!(
             paths,
@@ -262,9 +272,34 @@ mod tests {
         for (entry, reason) in cases {
             let lock =
                 json!({"packages": {"": {"dependencies": {"x": "1"}}, "node_modules/x": entry}});
-            let why = production_packages(&lock, &linux()).unwrap_err();
+            let why = production_packages(&lock, &linux(), &[String::new()]).unwrap_err();
             assert!(why.contains(reason), "{why}");
         }
+    }
+
+    #[test]
+    fn a_workspace_package_links_its_sibling_and_gets_the_siblings_dependencies() {
+        let lock = json!({"packages": {
+            "": {"workspaces": ["packages/*"]},
+            "packages/api": {"name": "@x/api", "dependencies": {"@x/shared": "*", "a": "1"}},
+            "packages/shared": {"name": "@x/shared", "dependencies": {"b": "1"}},
+            "packages/web": {"name": "@x/web", "dependencies": {"c": "1"}},
+            "node_modules/@x/api": {"resolved": "packages/api", "link": true},
+            "node_modules/@x/shared": {"resolved": "packages/shared", "link": true},
+            "node_modules/a": {"version": "1.0.0", "integrity": SRI},
+            "packages/shared/node_modules/b": {"version": "1.0.0", "integrity": SRI},
+            "node_modules/c": {"version": "1.0.0", "integrity": SRI},
+        }});
+        let plan = production_packages(&lock, &linux(), &["packages/api".into()]).unwrap();
+        let paths: Vec<&str> = plan.packages.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["node_modules/a", "packages/shared/node_modules/b"]);
+        assert_eq!(
+            plan.links,
+            [(
+                "node_modules/@x/shared".to_owned(),
+                "../../packages/shared".to_owned()
+            )]
+        );
     }
 
     #[test]
