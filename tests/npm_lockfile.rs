@@ -452,3 +452,91 @@ fn a_tarball_nobody_serves_fails_the_build_with_npms_reason() {
         "{err}"
     );
 }
+
+#[test]
+fn a_hostile_tarball_cannot_climb_out_or_plant_links_or_devices() {
+    let tmp = tempfile::tempdir().unwrap();
+    let tgz = tmp.path().join("evil.tgz");
+    // Made by Python's tarfile, which writes any name and any entry type.
+    let script = r##"
+import io, sys, tarfile
+def add(t, name, data=b"", kind=tarfile.REGTYPE, link="", mode=0o644):
+    info = tarfile.TarInfo(name); info.type = kind; info.linkname = link; info.mode = mode
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    t.addfile(info, io.BytesIO(data) if kind == tarfile.REGTYPE else None)
+with tarfile.open(sys.argv[1], "w:gz") as t:
+    add(t, "package/package.json", b'{"name":"evil","version":"1.0.0","bin":"cli.js"}')
+    add(t, "package/index.js", b"module.exports = 1;\n")
+    add(t, "package/cli.js", b"#!/usr/bin/env node\r\nconsole.log(1)\r\n")
+    add(t, "package/../../../../escape.js", b"owned")
+    add(t, "package/lib/../../../escape2.js", b"owned")
+    add(t, "package/passwd", kind=tarfile.SYMTYPE, link="/etc/passwd")
+    add(t, "package/hard", kind=tarfile.LNKTYPE, link="/etc/shadow")
+    add(t, "package/null", kind=tarfile.CHRTYPE)
+    add(t, "package/.gitignore", b"secret\n")
+    add(t, "package/run.sh", b"#!/bin/sh\n", mode=0o4755)
+"##;
+    let made = Command::new("python3")
+        .args(["-c", script])
+        .arg(&tgz)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let bytes = std::fs::read(&tgz).unwrap();
+    let integrity = {
+        use base64::Engine;
+        use sha2::Digest as _;
+        format!(
+            "sha512-{}",
+            base64::engine::general_purpose::STANDARD.encode(sha2::Sha512::digest(&bytes))
+        )
+    };
+    let cache = tmp.path().join("npm-cache");
+    let at = cached_tarball(&cache, &integrity);
+    std::fs::create_dir_all(at.parent().unwrap()).unwrap();
+    std::fs::write(&at, &bytes).unwrap();
+
+    let app = tmp.path().join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    let package = serde_json::json!({"name": "one", "version": "1.0.0",
+        "dependencies": {"evil": "1.0.0"}, "scripts": {"start": "node index.js"}});
+    let lock = serde_json::json!({"name": "one", "version": "1.0.0", "lockfileVersion": 3,
+        "requires": true, "packages": {
+            "": {"name": "one", "version": "1.0.0", "dependencies": {"evil": "1.0.0"}},
+            "node_modules/evil": {"version": "1.0.0", "integrity": integrity,
+                "bin": {"evil": "cli.js"}}}});
+    std::fs::write(app.join("package.json"), package.to_string()).unwrap();
+    std::fs::write(app.join("package-lock.json"), lock.to_string()).unwrap();
+    std::fs::write(app.join("index.js"), "require('evil');\n").unwrap();
+    let (out, tree) = kiln_layer_tree(&app, &cache, tmp.path(), &[], "");
+    assert!(out.contains("streamed from npm's cache"), "{out}");
+    let paths: Vec<&str> = tree.keys().map(String::as_str).collect();
+    assert_eq!(
+        paths,
+        [
+            "app",
+            "app/node_modules",
+            "app/node_modules/.bin",
+            "app/node_modules/.bin/evil",
+            "app/node_modules/evil",
+            "app/node_modules/evil/.npmignore",
+            "app/node_modules/evil/cli.js",
+            "app/node_modules/evil/index.js",
+            "app/node_modules/evil/package.json",
+            "app/node_modules/evil/run.sh",
+        ]
+    );
+    assert_eq!(
+        tree["app/node_modules/.bin/evil"],
+        Node::Link("../evil/cli.js".into())
+    );
+    // The bin is executable and its `#!` line lost its `\r`, as npm's bin-links does.
+    let cli = b"#!/usr/bin/env node\nconsole.log(1)\r\n";
+    assert_eq!(
+        tree["app/node_modules/evil/cli.js"],
+        Node::File {
+            executable: true,
+            digest: Digest::of(cli).to_string()
+        }
+    );
+}
