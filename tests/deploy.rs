@@ -219,6 +219,18 @@ fn deploy_canary_promote_and_rollback_render_valid_services() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no earlier deployed revision"));
 
+    // A rollback while a canary is in flight aborts the canary: the revision it was split
+    // from gets all traffic.
+    ok_yaml(kiln_nats(
+        &nats,
+        &["deploy", "hello", "--canary", "hello-00002=10"],
+    ));
+    let service = assert_valid_service(&ok_yaml(kiln_nats(&nats, &["rollback", "hello"])));
+    assert_eq!(
+        traffic(&service),
+        [("hello-00001".into(), 100, "current".into())]
+    );
+
     // The revisions table shows the traffic.
     let table = ok_yaml(kiln_nats(&nats, &["revisions", "hello"]));
     let line = table
@@ -259,8 +271,9 @@ fn deploy_canary_promote_and_rollback_render_valid_services() {
         let queue = kiln_queue::Queue::connect(&nats.url).await.unwrap();
         let mut stream = queue.js.get_stream("KILN_REVISIONS").await.unwrap();
         let info = stream.info().await.unwrap();
-        // 3 revision records + deploy, deploy, canary, promote, rollback, rollback.
-        assert_eq!(info.state.messages, 9);
+        // 3 revision records + deploy, deploy, canary, promote, rollback, rollback, canary,
+        // rollback.
+        assert_eq!(info.state.messages, 11);
     });
 }
 

@@ -37,7 +37,8 @@ pub enum Operation {
     Canary(String, u8),
     /// All traffic to the canary candidate.
     Promote,
-    /// All traffic back to the revision deployed before the current one.
+    /// All traffic back to the revision deployed before the current one; with a canary in
+    /// flight, the canary is aborted instead (all traffic to the revision it was split from).
     Rollback,
 }
 
@@ -177,12 +178,7 @@ pub async fn apply(queue: &Queue, app: &str, op: &Operation) -> Result<TrafficEv
                 ("canary", candidate)
             }
             Operation::Promote => {
-                let Some(candidate) = traffic
-                    .targets
-                    .iter()
-                    .find(|t| t.tag.as_deref() == Some("candidate"))
-                    .map(|t| t.revision.clone())
-                else {
+                let Some(candidate) = canary(&traffic) else {
                     return Err(TrafficError::Refused(format!(
                         "app {app:?} has no canary to promote"
                     )));
@@ -190,6 +186,19 @@ pub async fn apply(queue: &Queue, app: &str, op: &Operation) -> Result<TrafficEv
                 let r = revision(queue, app, &candidate).await?;
                 all_to(&mut traffic, &r.name);
                 ("promote", r)
+            }
+            Operation::Rollback if canary(&traffic).is_some() => {
+                // A canary in flight: rolling back aborts it, and the revision it was
+                // measured against gets all traffic again.
+                let current = traffic
+                    .targets
+                    .iter()
+                    .find(|t| t.tag.as_deref() != Some("candidate"))
+                    .map(|t| t.revision.clone())
+                    .unwrap_or_default();
+                let r = revision(queue, app, &current).await?;
+                all_to(&mut traffic, &r.name);
+                ("rollback", r)
             }
             Operation::Rollback => {
                 let Some(current) = primary else {
@@ -249,6 +258,15 @@ pub async fn apply(queue: &Queue, app: &str, op: &Operation) -> Result<TrafficEv
     Err(TrafficError::Refused(format!(
         "app {app:?}: traffic kept changing under us; try again"
     )))
+}
+
+/// The canary candidate in flight, if any.
+fn canary(traffic: &Traffic) -> Option<String> {
+    traffic
+        .targets
+        .iter()
+        .find(|t| t.tag.as_deref() == Some("candidate"))
+        .map(|t| t.revision.clone())
 }
 
 /// All traffic to `revision`, remembered in the history.
