@@ -15,21 +15,6 @@ use std::time::Duration;
 use common::image::{self, App};
 use common::*;
 
-/// The generated apps and their npm cache: `$KILN_REAL_APPS`, else `target/real-apps`
-/// (`.ci/run` makes them; by hand: `fixtures/real-apps/make.sh target/real-apps`).
-fn real_apps() -> PathBuf {
-    let dir = std::env::var_os("KILN_REAL_APPS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/real-apps"));
-    assert!(
-        dir.join("npm-cache").is_dir(),
-        "no generated apps in {}: run fixtures/real-apps/make.sh {} first (it needs the npm registry)",
-        dir.display(),
-        dir.display()
-    );
-    dir
-}
-
 /// A copy of the generated app `name` in `tmp`.
 fn app_copy(name: &str, tmp: &Path) -> PathBuf {
     let from = real_apps().join(name);

@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use common::{kiln_cmd, root};
+use common::{kiln_cmd, real_apps, root};
 use kiln_layers::Digest;
 
 /// What a path in a tree is.
@@ -20,20 +20,6 @@ enum Node {
     Dir,
     File { executable: bool, digest: String },
     Link(String),
-}
-
-/// The generated apps (`.ci/run` makes them in target/real-apps).
-fn real_apps() -> PathBuf {
-    let dir = std::env::var_os("KILN_REAL_APPS")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/real-apps"));
-    assert!(
-        dir.join("npm-cache").is_dir(),
-        "no generated apps in {}: run fixtures/real-apps/make.sh {} first",
-        dir.display(),
-        dir.display()
-    );
-    dir
 }
 
 fn copy(from: &Path, to: &Path) {
@@ -312,6 +298,23 @@ fn cached_tarball(cache: &Path, integrity: &str) -> PathBuf {
         .join(&hex[4..])
 }
 
+/// An app in `dir/app` that depends on `name` alone, its lockfile entry `entry`.
+fn one_dependency_app(dir: &Path, name: &str, entry: serde_json::Value) -> PathBuf {
+    let app = dir.join("app");
+    std::fs::create_dir_all(&app).unwrap();
+    let version = entry["version"].clone();
+    let package = serde_json::json!({"name": "one", "version": "1.0.0",
+        "dependencies": {name: version}, "scripts": {"start": "node index.js"}});
+    let lock = serde_json::json!({"name": "one", "version": "1.0.0", "lockfileVersion": 3,
+        "requires": true, "packages": {
+            "": {"name": "one", "version": "1.0.0", "dependencies": {name: version}},
+            format!("node_modules/{name}"): entry}});
+    std::fs::write(app.join("package.json"), package.to_string()).unwrap();
+    std::fs::write(app.join("package-lock.json"), lock.to_string()).unwrap();
+    std::fs::write(app.join("index.js"), format!("require('{name}');\n")).unwrap();
+    app
+}
+
 fn lock_entry(app: &Path, path: &str) -> serde_json::Value {
     let lock: serde_json::Value =
         serde_json::from_slice(&std::fs::read(app.join("package-lock.json")).unwrap()).unwrap();
@@ -380,17 +383,11 @@ fn a_tarball_missing_from_npms_cache_is_fetched_from_where_the_lockfile_says() {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 
-    let app = tmp.path().join("app");
-    std::fs::create_dir_all(&app).unwrap();
-    let package = serde_json::json!({"name": "one", "version": "1.0.0",
-        "dependencies": {"ms": version}, "scripts": {"start": "node index.js"}});
-    let lock = serde_json::json!({"name": "one", "version": "1.0.0", "lockfileVersion": 3,
-        "requires": true, "packages": {
-            "": {"name": "one", "version": "1.0.0", "dependencies": {"ms": version}},
-            "node_modules/ms": {"version": version, "resolved": url, "integrity": integrity}}});
-    std::fs::write(app.join("package.json"), package.to_string()).unwrap();
-    std::fs::write(app.join("package-lock.json"), lock.to_string()).unwrap();
-    std::fs::write(app.join("index.js"), "require('ms');\n").unwrap();
+    let app = one_dependency_app(
+        tmp.path(),
+        "ms",
+        serde_json::json!({"version": version, "resolved": url, "integrity": integrity}),
+    );
 
     let cache = tmp.path().join("empty-npm-cache");
     let out = kiln_cmd(&tmp.path().join("cache"), &cache)
@@ -420,18 +417,12 @@ fn a_tarball_nobody_serves_fails_the_build_with_npms_reason() {
         entry["integrity"].as_str().unwrap(),
         entry["version"].as_str().unwrap(),
     );
-    let app = tmp.path().join("app");
-    std::fs::create_dir_all(&app).unwrap();
     let url = format!("http://127.0.0.1:{}/ms.tgz", common::free_port());
-    let package = serde_json::json!({"name": "one", "version": "1.0.0",
-        "dependencies": {"ms": version}, "scripts": {"start": "node index.js"}});
-    let lock = serde_json::json!({"name": "one", "version": "1.0.0", "lockfileVersion": 3,
-        "requires": true, "packages": {
-            "": {"name": "one", "version": "1.0.0", "dependencies": {"ms": version}},
-            "node_modules/ms": {"version": version, "resolved": url, "integrity": integrity}}});
-    std::fs::write(app.join("package.json"), package.to_string()).unwrap();
-    std::fs::write(app.join("package-lock.json"), lock.to_string()).unwrap();
-    std::fs::write(app.join("index.js"), "require('ms');\n").unwrap();
+    let app = one_dependency_app(
+        tmp.path(),
+        "ms",
+        serde_json::json!({"version": version, "resolved": url, "integrity": integrity}),
+    );
     let out = kiln_cmd(
         &tmp.path().join("cache"),
         &tmp.path().join("empty-npm-cache"),
@@ -496,18 +487,11 @@ with tarfile.open(sys.argv[1], "w:gz") as t:
     std::fs::create_dir_all(at.parent().unwrap()).unwrap();
     std::fs::write(&at, &bytes).unwrap();
 
-    let app = tmp.path().join("app");
-    std::fs::create_dir_all(&app).unwrap();
-    let package = serde_json::json!({"name": "one", "version": "1.0.0",
-        "dependencies": {"evil": "1.0.0"}, "scripts": {"start": "node index.js"}});
-    let lock = serde_json::json!({"name": "one", "version": "1.0.0", "lockfileVersion": 3,
-        "requires": true, "packages": {
-            "": {"name": "one", "version": "1.0.0", "dependencies": {"evil": "1.0.0"}},
-            "node_modules/evil": {"version": "1.0.0", "integrity": integrity,
-                "bin": {"evil": "cli.js"}}}});
-    std::fs::write(app.join("package.json"), package.to_string()).unwrap();
-    std::fs::write(app.join("package-lock.json"), lock.to_string()).unwrap();
-    std::fs::write(app.join("index.js"), "require('evil');\n").unwrap();
+    let app = one_dependency_app(
+        tmp.path(),
+        "evil",
+        serde_json::json!({"version": "1.0.0", "integrity": integrity, "bin": {"evil": "cli.js"}}),
+    );
     let (out, tree) = kiln_layer_tree(&app, &cache, tmp.path(), &[], "");
     assert!(out.contains("streamed from npm's cache"), "{out}");
     let paths: Vec<&str> = tree.keys().map(String::as_str).collect();

@@ -38,6 +38,21 @@ pub fn kiln_cmd(cache: &Path, npm_cache: &Path) -> Command {
     cmd
 }
 
+/// The generated apps and their npm cache: `$KILN_REAL_APPS`, else `target/real-apps`
+/// (`.ci/run` makes them; by hand: `fixtures/real-apps/make.sh target/real-apps`).
+pub fn real_apps() -> PathBuf {
+    let dir = std::env::var_os("KILN_REAL_APPS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/real-apps"));
+    assert!(
+        dir.join("npm-cache").is_dir(),
+        "no generated apps in {}: run fixtures/real-apps/make.sh {} first (it needs the npm registry)",
+        dir.display(),
+        dir.display()
+    );
+    dir
+}
+
 /// A private copy of the vendored npm cache (npm writes into its cache).
 pub fn npm_cache(tmp: &Path) -> PathBuf {
     let dest = tmp.join("npm-cache");
