@@ -332,12 +332,15 @@ fn replicas_follow_the_cluster_size_and_fewer_are_raised() {
     }
 }
 
-/// 60 jobs over 6 apps, 3 workers on a 3-node cluster, each worker seeded with one node's URL
+/// 72 jobs over 6 apps, 3 workers on a 3-node cluster, each worker seeded with one node's URL
 /// (the rest it learns from the server), the test's client with all three. The jobs come in
 /// two batches of 30; while the first drains, the node leading `KILN_JOBS` is killed
 /// (SIGKILL), and restarted once another leads it; while the second drains, the node
-/// leading the `kiln-revisions` KV. Every job ends with exactly one revision, numbers
-/// contiguous per app, no final `failed`, nothing left in the queue.
+/// leading the `kiln-revisions` KV. Around the first kill 6 `kiln submit --wait` start
+/// (connecting, uploading and publishing during the election) and the test's client
+/// publishes 6 more jobs while the new leader is elected: none fails. Every job ends with
+/// exactly one revision, numbers contiguous per app, no final `failed`, nothing left in the
+/// queue.
 #[test]
 fn a_cluster_loses_the_jobs_leader_mid_drain_and_every_job_gets_one_revision() {
     let started = Instant::now();
@@ -383,21 +386,40 @@ fn a_cluster_loses_the_jobs_leader_mid_drain_and_every_job_gets_one_revision() {
         let queue = Queue::connect(&cluster.url).await.unwrap();
         let mut jobs = Vec::new();
         let mut killed = Vec::new();
+        let mut waiting = Vec::new();
         for (batch, stream) in [(0..30, "KILN_JOBS"), (30..60, "KV_kiln-revisions")] {
             let first = batch.start;
             jobs.extend(submit_range(&queue, tmp.path(), "cl", batch, 6).await);
             let before = wait_recorded(&queue, &jobs, first + 5).await;
             let leader = cluster.wait_leader_of(stream, Duration::from_secs(30));
+            let queued = jobs.len();
+            if stream == "KILN_JOBS" {
+                // Commands that connect, upload, publish and wait across the election.
+                waiting = (0..CLI_SUBMITS)
+                    .map(|k| submit_wait(tmp.path(), &npm, &cluster.url, k))
+                    .collect();
+                jobs.extend(waiting.iter().map(|(job, _)| job.clone()));
+            }
             cluster.kill(leader);
             killed.push(leader);
             let at = Instant::now();
             eprintln!(
                 "killed {} ({stream} leader) with {before} of {} recorded, after {:?}",
                 cluster.nodes[leader].name,
-                jobs.len(),
+                queued,
                 started.elapsed()
             );
-            assert!(before < jobs.len(), "the batch drained before the kill");
+            assert!(before < queued, "the batch drained before the kill");
+            if stream == "KILN_JOBS" {
+                // Published by a client connected before the kill, while a new leader is
+                // elected: each publish is tried again until one takes it.
+                let electing = cluster.leader_of(stream).is_none_or(|i| i == leader);
+                jobs.extend(submit_range(&queue, tmp.path(), "cl", 60..66, 6).await);
+                eprintln!(
+                    "6 jobs published {:?} after the kill (no leader when it started: {electing})",
+                    at.elapsed()
+                );
+            }
             let next = cluster.wait_leader_of(stream, Duration::from_secs(30));
             eprintln!(
                 "{} leads {stream} {:?} later",
@@ -412,6 +434,20 @@ fn a_cluster_loses_the_jobs_leader_mid_drain_and_every_job_gets_one_revision() {
                 started.elapsed()
             );
         }
+        let failed: Vec<String> = waiting
+            .into_iter()
+            .filter_map(|((_, job), child)| {
+                let out = child.wait_with_output().unwrap();
+                eprintln!("{job}: `submit --wait` ended after {:?}", started.elapsed());
+                (!out.status.success()).then(|| format!("{job}: {}", stderr(&out)))
+            })
+            .collect();
+        assert_eq!(
+            failed,
+            Vec::<String>::new(),
+            "submit --wait across the election"
+        );
+        eprintln!("{CLI_SUBMITS} `submit --wait` across the election: 0 failed");
         assert_exactly_once(&queue, &jobs, workers, Duration::from_secs(240), ACK_WAIT).await;
         assert_accepted_once_and_none_failed(&queue, &jobs).await;
         killed
@@ -435,6 +471,39 @@ fn a_cluster_loses_the_jobs_leader_mid_drain_and_every_job_gets_one_revision() {
         "drained with exactly one revision each in {:?}",
         started.elapsed()
     );
+}
+
+/// How many `kiln submit --wait` start as the `KILN_JOBS` leader is killed.
+const CLI_SUBMITS: usize = 6;
+
+/// Starts `kiln submit --wait` of a distinct source as job `cl-cli-<k>` of app `cl<k % 6>`
+/// on `nats`; returns the (app, job id) and the process (stdout and stderr piped).
+fn submit_wait(
+    tmp: &Path,
+    npm: &Path,
+    nats: &str,
+    k: usize,
+) -> ((String, String), std::process::Child) {
+    let (app, job) = (format!("cl{}", k % 6), format!("cl-cli-{k}"));
+    let dir = faas_variant(tmp, &job, "hello", "greeting", &job);
+    let child = kiln_cmd(&tmp.join(format!("cli{k}")), npm)
+        .args([
+            "submit",
+            dir.to_str().unwrap(),
+            "--app",
+            &app,
+            "--job-id",
+            &job,
+        ])
+        .args(["--nats", nats, "--wait", "--json", "--timeout-secs", "120"])
+        // An election takes 4-9 s here; the default 10 s of patience may end during the
+        // set-up of a command that starts as it begins (see RELIABILITY.md).
+        .args(["--nats-timeout", "30"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    ((app, job), child)
 }
 
 /// Waits until at least `n` of `jobs` have their revision; returns how many have.

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use kiln_builder::shared::{SharedLayer, SharedLayers};
 use kiln_layers::Digest;
 
-use crate::nats::{NatsError, Queue, nats_err};
+use crate::nats::{NatsError, Queue, retry};
 
 /// [`SharedLayers`] over the queue's KV, for use on a blocking build thread.
 pub struct KvLayers {
@@ -33,10 +33,9 @@ impl SharedLayers for KvLayers {
 /// Records that the layer for cache key `key` is in `shared.repository`.
 pub async fn record(queue: &Queue, key: &Digest, shared: &SharedLayer) -> Result<(), NatsError> {
     let body = Bytes::from(serde_json::to_vec(shared).expect("layer"));
-    queue
-        .layer_cache
-        .put(key.hex(), body)
-        .await
-        .map_err(nats_err("record shared layer"))?;
+    retry::transient(queue.publish_budget, "record shared layer", || {
+        queue.layer_cache.put(key.hex(), body.clone())
+    })
+    .await?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 //! traffic and rebases; how events and revisions read in the CLI.
 
 pub mod display;
+pub mod follow;
 pub mod knative;
 pub mod layer_cache;
 pub mod metrics;

@@ -14,10 +14,13 @@
 //! | `kiln-advisories` | durable pull consumer of it: one worker handles each advisory |
 //!
 //! `connect` reaches a server of the list (credentials, TLS, patience), `resources` finds or
-//! creates the streams and stores with the replicas wanted.
+//! creates the streams and stores with the replicas wanted, `publish` publishes (every
+//! JetStream publish of kiln goes through it) and `retry` rides out a leader election.
 
 mod connect;
+pub(crate) mod publish;
 mod resources;
+pub mod retry;
 mod servers;
 
 use std::time::Duration;
@@ -47,6 +50,8 @@ pub const LAYER_CACHE_BUCKET: &str = "kiln-layer-cache";
 pub const ADVISORIES_STREAM: &str = "KILN_ADVISORIES";
 /// The workers' durable consumer of [`ADVISORIES_STREAM`].
 pub const ADVISORIES_CONSUMER: &str = "kiln-advisories";
+/// How long a JetStream request or publish waits for its answer.
+pub const JETSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a repeated job id is recognised as a duplicate.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(24 * 3600);
 /// Deliveries before a job is given up.
@@ -112,6 +117,9 @@ pub struct Queue {
     pub layer_cache: kv::Store,
     /// The servers, as messages show them (without credentials).
     pub servers: String,
+    /// How long a publish (or another call that a leader election fails for a moment)
+    /// keeps trying again: [`NatsOptions::timeout`].
+    pub publish_budget: Duration,
 }
 
 impl Queue {
@@ -141,7 +149,12 @@ impl Queue {
         }
         let replicas =
             resources::replicas(options.replicas, &info).map_err(ConnectError::Options)?;
-        let js = jetstream::new(client.clone());
+        // Every JetStream request and publish ack is bounded (the client would wait up to its
+        // 10 s request timeout for an API answer): a call that met a leader election or a
+        // reconnect is then tried again within `--nats-timeout` (see `retry`).
+        let js = jetstream::ContextBuilder::new()
+            .timeout(JETSTREAM_TIMEOUT)
+            .build(client.clone());
         retry.reset();
         // A lookup that races another client's creation of the stream may never be answered
         // (nats-server 2.15 drops a stream info request while the new stream has no leader):
@@ -171,6 +184,7 @@ impl Queue {
             sources: stores.sources,
             layer_cache: stores.layer_cache,
             servers: servers.shown,
+            publish_budget: options.timeout,
         })
     }
 
@@ -220,17 +234,5 @@ impl Queue {
             )
             .await
             .map_err(nats_err("create consumer kiln-advisories"))
-    }
-
-    /// Publishes `payload` on `subject` through JetStream and waits for the stream's ack.
-    pub async fn publish(&self, subject: String, payload: Vec<u8>) -> Result<(), NatsError> {
-        let action = format!("publish to {subject}");
-        self.js
-            .publish(subject, payload.into())
-            .await
-            .map_err(nats_err(action.clone()))?
-            .await
-            .map_err(nats_err(action))?;
-        Ok(())
     }
 }

@@ -234,17 +234,11 @@ pub async fn publish_all(queue: &Queue, jobs: &[RebaseJob]) -> Result<usize, Nat
 /// Publishes `job` on `kiln.jobs.rebase.<app>` with its id as message id; true when the
 /// queue had it already.
 pub async fn publish(queue: &Queue, job: &RebaseJob) -> Result<bool, NatsError> {
-    let ack = queue
-        .js
-        .send_publish(
+    queue
+        .publish_with_id(
             format!("kiln.jobs.rebase.{}", job.app),
-            async_nats::jetstream::message::PublishMessage::build()
-                .payload(serde_json::to_vec(job).expect("job").into())
-                .message_id(&job.job_id),
+            serde_json::to_vec(job).expect("job").into(),
+            &job.job_id,
         )
         .await
-        .map_err(nats_err("publish rebase job"))?
-        .await
-        .map_err(nats_err("publish rebase job"))?;
-    Ok(ack.duplicate)
 }

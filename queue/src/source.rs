@@ -4,12 +4,12 @@
 
 use std::path::{Path, PathBuf};
 
-use async_nats::jetstream::object_store::ObjectMetadata;
+use async_nats::jetstream::object_store::{self, ObjectMetadata, PutErrorKind};
 use kiln_layers::source::ScanOptions;
 use kiln_layers::{BlobStore, Digest, LayerBuilder, SourceTree};
 use tokio::io::AsyncReadExt;
 
-use crate::nats::{NatsError, Queue, nats_err};
+use crate::nats::{NatsError, Queue, nats_err, retry};
 
 /// The directory inside a source tarball that holds the app.
 pub const SOURCE_ROOT: &str = "src";
@@ -37,26 +37,32 @@ pub fn object_name(digest: &Digest) -> String {
     format!("sha256-{}", digest.hex())
 }
 
-/// Uploads the tarball at `path` as `name` unless the store already has it. Returns true
-/// when it uploaded.
+/// Uploads the tarball at `path` as `name` unless the store already has it, trying again
+/// while the store's stream is unavailable. Returns true when it uploaded.
 pub async fn upload(queue: &Queue, name: &str, path: &Path) -> Result<bool, NatsError> {
     if queue.sources.info(name).await.is_ok() {
         return Ok(false);
     }
-    let mut file = tokio::fs::File::open(path)
+    // A missing file is an error of its own, not a retry.
+    tokio::fs::metadata(path)
         .await
         .map_err(nats_err(format!("open {}", path.display())))?;
-    queue
-        .sources
-        .put(
-            ObjectMetadata {
+    retry::transient(
+        queue.publish_budget,
+        &format!("upload source {name}"),
+        || async {
+            // Each try reads the file from its start.
+            let mut file = tokio::fs::File::open(path)
+                .await
+                .map_err(|e| object_store::PutError::with_source(PutErrorKind::ReadChunks, e))?;
+            let meta = ObjectMetadata {
                 name: name.to_owned(),
                 ..Default::default()
-            },
-            &mut file,
-        )
-        .await
-        .map_err(nats_err(format!("upload source {name}")))?;
+            };
+            queue.sources.put(meta, &mut file).await
+        },
+    )
+    .await?;
     Ok(true)
 }
 

@@ -4,9 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use async_nats::jetstream::message::PublishMessage;
-use futures_util::StreamExt;
-
+use crate::follow::Events;
 use crate::nats::{self, NatsError, Queue, nats_err};
 use crate::schema::{BuildJob, Event, EventKind, InvalidJob, Revision, SCHEMA_VERSION, now};
 use crate::{revisions, source};
@@ -62,19 +60,11 @@ pub enum SubmitError {
 
 /// A fresh random job id.
 pub fn new_job_id() -> String {
-    format!("{:016x}{:08x}", fastrand_u64(), std::process::id())
-}
-
-fn fastrand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0),
-    );
-    h.finish()
+    format!(
+        "{:016x}{:08x}",
+        nats::publish::random_u64(),
+        std::process::id()
+    )
 }
 
 /// Packs and uploads the source and publishes the job. Returns the job and whether the
@@ -111,10 +101,12 @@ pub async fn submit(
             kind: EventKind::Accepted,
             at: now(),
         };
+        // One `accepted` per job, however often this is tried.
         queue
-            .publish(
+            .publish_with_id(
                 nats::events_subject(&job.job_id),
-                serde_json::to_vec(&accepted).expect("event"),
+                serde_json::to_vec(&accepted).expect("event").into(),
+                &format!("accepted-{}", job.job_id),
             )
             .await?;
     }
@@ -123,56 +115,37 @@ pub async fn submit(
 
 /// Publishes `job` with its id as message id; true when the stream had it already.
 pub async fn publish_job(queue: &Queue, job: &BuildJob) -> Result<bool, NatsError> {
-    let subject = format!("{}.{}", nats::JOBS_BUILD_SUBJECT, job.app);
-    let ack = queue
-        .js
-        .send_publish(
-            subject,
-            PublishMessage::build()
-                .payload(serde_json::to_vec(job).expect("job").into())
-                .message_id(&job.job_id),
+    queue
+        .publish_with_id(
+            format!("{}.{}", nats::JOBS_BUILD_SUBJECT, job.app),
+            serde_json::to_vec(job).expect("job").into(),
+            &job.job_id,
         )
         .await
-        .map_err(nats_err("publish job"))?
-        .await
-        .map_err(nats_err("publish job"))?;
-    Ok(ack.duplicate)
 }
 
 /// Follows the events of `job_id`, calling `on_event` for each, until its revision or a
 /// final failure (or `timeout`). Subscribe with [`subscribe`] before submitting.
 pub async fn follow(
     queue: &Queue,
-    mut events: async_nats::Subscriber,
+    mut events: Events,
     job: &BuildJob,
     timeout: Duration,
     mut on_event: impl FnMut(&Event),
 ) -> Result<Event, SubmitError> {
     // A resubmitted job may be finished already.
-    if let Some(revision) = revisions::by_job(queue, &job.app, &job.job_id, false).await? {
-        let event = Event {
-            schema_version: SCHEMA_VERSION,
-            job_id: job.job_id.clone(),
-            app: Some(job.app.clone()),
-            kind: EventKind::Revision {
-                revision: Box::new(revision),
-            },
-            at: now(),
-        };
+    if let Some(event) = recorded(queue, job).await? {
         on_event(&event);
         return Ok(event);
     }
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let next = tokio::time::timeout_at(deadline, events.next()).await;
-        let Ok(Some(message)) = next else {
+        let next = tokio::time::timeout_at(deadline, events.next(queue)).await;
+        let Ok(Some(event)) = next else {
             return Err(SubmitError::Timeout {
                 job_id: job.job_id.clone(),
                 seconds: timeout.as_secs(),
             });
-        };
-        let Ok(event) = serde_json::from_slice::<Event>(&message.payload) else {
-            continue;
         };
         on_event(&event);
         match &event.kind {
@@ -185,11 +158,25 @@ pub async fn follow(
     }
 }
 
+/// The `revision` event of `job` when its revision is recorded already.
+async fn recorded(queue: &Queue, job: &BuildJob) -> Result<Option<Event>, NatsError> {
+    let revision = revisions::by_job(queue, &job.app, &job.job_id, false).await?;
+    Ok(revision.map(|revision| Event {
+        schema_version: SCHEMA_VERSION,
+        job_id: job.job_id.clone(),
+        app: Some(job.app.clone()),
+        kind: EventKind::Revision {
+            revision: Box::new(revision),
+        },
+        at: now(),
+    }))
+}
+
 /// Follows the job like [`follow`] to its revision; a final failure is
 /// [`SubmitError::Failed`].
 pub async fn wait(
     queue: &Queue,
-    events: async_nats::Subscriber,
+    events: Events,
     job: &BuildJob,
     timeout: Duration,
     on_event: impl FnMut(&Event),
@@ -205,11 +192,8 @@ pub async fn wait(
     }
 }
 
-/// Subscribes to the events of `job_id` (do this before publishing the job).
-pub async fn subscribe(queue: &Queue, job_id: &str) -> Result<async_nats::Subscriber, NatsError> {
-    queue
-        .client
-        .subscribe(nats::events_subject(job_id))
-        .await
-        .map_err(nats_err("subscribe to events"))
+/// Starts following the events of `job_id` (do this before publishing the job); a final
+/// event published while the connection is re-established is read back from `KILN_EVENTS`.
+pub async fn subscribe(queue: &Queue, job_id: &str) -> Result<Events, NatsError> {
+    Events::subscribe(queue, job_id).await
 }

@@ -1,10 +1,12 @@
 //! A real NATS server for tests: `nats-server -js` (2.10 or newer) on a free loopback port
 //! with its own store directory, optionally with a config file (auth); killed on drop,
 //! restartable on the same port and store. `cluster` starts a JetStream cluster of them,
-//! `exactly_once` checks a drained queue.
+//! `exactly_once` checks a drained queue, `nkey` and `tls` make keys and certificates.
 
 pub mod cluster;
 pub mod exactly_once;
+pub mod nkey;
+pub mod tls;
 
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};

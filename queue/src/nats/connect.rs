@@ -128,6 +128,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Connects to the first server of the list that answers, retrying as `options.patience`
 /// says.
 pub(super) async fn connect(options: &NatsOptions) -> Result<Connected, ConnectError> {
+    install_crypto_provider();
     let servers = servers::parse(&options.servers).map_err(ConnectError::Options)?;
     let client_options = client_options(options, &servers).await?;
     let mut retry = Retry::new(options);
@@ -170,6 +171,14 @@ pub(super) async fn connect(options: &NatsOptions) -> Result<Connected, ConnectE
             });
         }
     }
+}
+
+/// Picks rustls's process-wide crypto provider. The build has two (ring through async-nats,
+/// aws-lc-rs through the registry client), and then rustls picks none: any TLS connection to
+/// NATS (`--nats-ca`, a `tls://` URL, a server requiring TLS) panicked. A provider installed
+/// earlier stays.
+fn install_crypto_provider() {
+    let _ = async_nats::rustls::crypto::ring::default_provider().install_default();
 }
 
 /// Tries again with backoff until the deadline (none for a worker), saying what it waits for.
@@ -254,8 +263,30 @@ fn refusal(
         Kind::Tls => Some(format!(
             "{error} (check the CA file and the server's certificate)"
         )),
+        Kind::Io if untrusted_certificate(error) => Some(format!(
+            "{error} (check the CA file and the server's certificate)"
+        )),
         _ => None,
     }
+}
+
+/// Whether the TLS handshake rejected the server's certificate (an unknown issuer, another
+/// name, expired): the client reports it as an I/O error, which no retry fixes.
+fn untrusted_certificate(error: &async_nats::ConnectError) -> bool {
+    use async_nats::rustls;
+    let mut next = std::error::Error::source(error);
+    while let Some(e) = next {
+        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if matches!(tls, Some(rustls::Error::InvalidCertificate(_))) {
+            return true;
+        }
+        next = e.source();
+    }
+    false
 }
 
 /// The client's options: name, reconnects for ever, credentials, TLS, connection events

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use std::time::Duration;
 use tokio::time::Instant;
 
-use crate::nats::{BoxError, NatsError, Queue, nats_err};
+use crate::nats::{BoxError, NatsError, Queue, nats_err, retry};
 use crate::schema::{Revision, revision_name};
 
 use super::{by_job, get, latest_number, rev_key};
@@ -18,17 +18,22 @@ pub async fn index(
     inputs_key: Option<&str>,
 ) -> Result<(), NatsError> {
     let name = Bytes::from(serde_json::to_vec(&revision.name).expect("string"));
-    queue
-        .revisions
-        .put(format!("job.{}", revision.job_id), name.clone())
-        .await
-        .map_err(nats_err("record job index"))?;
-    if let Some(key) = inputs_key {
-        queue
-            .revisions
-            .put(format!("built.{}.{key}", revision.app), name)
+    let put = |key: String, action: &'static str| {
+        let name = name.clone();
+        async move {
+            retry::transient(queue.publish_budget, action, || {
+                queue.revisions.put(&key, name.clone())
+            })
             .await
-            .map_err(nats_err("record inputs index"))?;
+        }
+    };
+    put(format!("job.{}", revision.job_id), "record job index").await?;
+    if let Some(key) = inputs_key {
+        put(
+            format!("built.{}.{key}", revision.app),
+            "record inputs index",
+        )
+        .await?;
     }
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! Publishing a job's events on `kiln.events.<job_id>`.
 
-use crate::nats::{self, NatsError, Queue, nats_err};
+use crate::nats::{self, NatsError, Queue};
 use crate::schema::{Event, EventKind, SCHEMA_VERSION, now};
 
 /// Publishes an event; a failure to publish is logged, never fatal.
@@ -33,22 +33,14 @@ pub(super) async fn publish(
         kind,
         at: now(),
     };
-    let mut headers = async_nats::HeaderMap::new();
-    if last {
-        headers.insert("Nats-Msg-Id", format!("failed-{job_id}").as_str());
-    }
     let subject = nats::events_subject(job_id);
-    let action = format!("publish to {subject}");
-    queue
-        .js
-        .publish_with_headers(
-            subject,
-            headers,
-            serde_json::to_vec(&e).expect("event").into(),
-        )
-        .await
-        .map_err(nats_err(action.clone()))?
-        .await
-        .map_err(nats_err(action))?;
+    let payload = serde_json::to_vec(&e).expect("event");
+    if last {
+        queue
+            .publish_with_id(subject, payload.into(), &format!("failed-{job_id}"))
+            .await?;
+    } else {
+        queue.publish(subject, payload).await?;
+    }
     Ok(())
 }
