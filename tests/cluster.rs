@@ -332,9 +332,9 @@ fn replicas_follow_the_cluster_size_and_fewer_are_raised() {
     }
 }
 
-/// 72 jobs over 6 apps, 3 workers on a 3-node cluster, each worker seeded with one node's URL
-/// (the rest it learns from the server), the test's client with all three. The jobs come in
-/// two batches of 30; while the first drains, the node leading `KILN_JOBS` is killed
+/// 200 jobs over 10 apps, 3 workers on a 3-node cluster, each worker seeded with one node's
+/// URL (the rest it learns from the server), the test's client with all three. The jobs come
+/// in two batches of 94; while the first drains, the node leading `KILN_JOBS` is killed
 /// (SIGKILL), and restarted once another leads it; while the second drains, the node
 /// leading the `kiln-revisions` KV. Around the first kill 6 `kiln submit --wait` start
 /// (connecting, uploading and publishing during the election) and the test's client
@@ -387,9 +387,9 @@ fn a_cluster_loses_the_jobs_leader_mid_drain_and_every_job_gets_one_revision() {
         let mut jobs = Vec::new();
         let mut killed = Vec::new();
         let mut waiting = Vec::new();
-        for (batch, stream) in [(0..30, "KILN_JOBS"), (30..60, "KV_kiln-revisions")] {
+        for (batch, stream) in [(0..94, "KILN_JOBS"), (94..188, "KV_kiln-revisions")] {
             let first = batch.start;
-            jobs.extend(submit_range(&queue, tmp.path(), "cl", batch, 6).await);
+            jobs.extend(submit_range(&queue, tmp.path(), "cl", batch, APPS).await);
             let before = wait_recorded(&queue, &jobs, first + 5).await;
             let leader = cluster.wait_leader_of(stream, Duration::from_secs(30));
             let queued = jobs.len();
@@ -414,7 +414,7 @@ fn a_cluster_loses_the_jobs_leader_mid_drain_and_every_job_gets_one_revision() {
                 // Published by a client connected before the kill, while a new leader is
                 // elected: each publish is tried again until one takes it.
                 let electing = cluster.leader_of(stream).is_none_or(|i| i == leader);
-                jobs.extend(submit_range(&queue, tmp.path(), "cl", 60..66, 6).await);
+                jobs.extend(submit_range(&queue, tmp.path(), "cl", 188..194, APPS).await);
                 eprintln!(
                     "6 jobs published {:?} after the kill (no leader when it started: {electing})",
                     at.elapsed()
@@ -472,6 +472,9 @@ fn a_cluster_loses_the_jobs_leader_mid_drain_and_every_job_gets_one_revision() {
         started.elapsed()
     );
 }
+
+/// Apps the drain's jobs are spread over.
+const APPS: usize = 10;
 
 /// How many `kiln submit --wait` start as the `KILN_JOBS` leader is killed.
 const CLI_SUBMITS: usize = 6;
