@@ -3,11 +3,15 @@
 # loopback docker-registry (its base pushed there first), timed by hyperfine with the CPU kiln
 # itself spends (user + system) and the registry requests one push makes, by method.
 # Usage: bench/warm-push.sh [RUNS]   (needs docker-registry, hyperfine; builds release)
+#        KILN=/path/to/kiln bench/warm-push.sh [RUNS]   (that binary instead, nothing built:
+#        run it with an older build, then this one, to compare before and after)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 RUNS=${1:-30}
-cargo build --release -q
-KILN=$PWD/target/release/kiln
+if [ -z "${KILN:-}" ]; then
+  cargo build --release -q
+  KILN=$PWD/target/release/kiln
+fi
 source bench/lib.sh
 start_registry log
 export KILN_CACHE_DIR=$W/cache KILN_INSECURE_REGISTRIES=$REG

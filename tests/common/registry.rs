@@ -116,6 +116,38 @@ impl TestRegistry {
             .collect()
     }
 
+    /// Requests in `log` (a slice of [`TestRegistry::log`]) by method: `{"GET": 2, …}`.
+    pub fn by_method(log: &str) -> std::collections::BTreeMap<String, usize> {
+        let mut counts = std::collections::BTreeMap::new();
+        for line in log.lines() {
+            let request = line.split('"').nth(1).unwrap_or("");
+            let Some((method, path)) = request.split_once(' ') else {
+                continue;
+            };
+            if path.starts_with("/v2/") {
+                *counts.entry(method.to_owned()).or_insert(0) += 1;
+            }
+        }
+        counts
+    }
+
+    /// Removes blob `digest` from the storage and from `repository`'s layers, as garbage
+    /// collection does to a blob no manifest references any more.
+    pub fn collect_blob(&self, repository: &str, digest: &str) {
+        let hex = digest.strip_prefix("sha256:").expect("a sha256 digest");
+        let v2 = self.dir.path().join("data/docker/registry/v2");
+        let data = v2.join("blobs/sha256").join(&hex[..2]).join(hex);
+        let link = v2
+            .join("repositories")
+            .join(repository)
+            .join("_layers/sha256")
+            .join(hex);
+        for path in [data, link] {
+            std::fs::remove_dir_all(&path)
+                .unwrap_or_else(|e| panic!("removing {}: {e}", path.display()));
+        }
+    }
+
     /// Stops the registry (storage stays).
     pub fn down(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -1,5 +1,6 @@
 //! An OCI registry client on oci-client's streaming pieces (HEAD, mount, streamed upload, raw
-//! manifests), with our own errors, credentials lookup and retries with backoff.
+//! manifests) and a few requests of its own (a small blob in one POST, a mount with a token
+//! for two repositories), with our own errors, credentials lookup and retries with backoff.
 //!
 //! One [`Registry`] holds one HTTP connection pool, shared by every registry host it talks to.
 
@@ -8,6 +9,7 @@ mod error;
 mod mount_token;
 mod reference;
 mod retry;
+mod upload;
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -27,6 +29,7 @@ pub use auth::{Credentials, ENV_PASSWORD, ENV_TOKEN, ENV_USER, credentials_for};
 pub use error::{Answer, RegistryError};
 pub use reference::{parse_reference, repository_of};
 pub use retry::RetryPolicy;
+pub use upload::SINGLE_POST_MAX;
 
 /// Media types accepted when pulling a manifest.
 pub const ACCEPTED_MANIFESTS: &[&str] = &[
@@ -48,23 +51,42 @@ pub struct RegistryOptions {
 /// (registry, target repository, source repository) of a cross-repository mount.
 type MountPair = (String, String, String);
 
+/// How long a push token kiln fetched for its own requests is used (token servers grant 60 s
+/// at least).
+const PUSH_TOKEN_REUSE: Duration = Duration::from_secs(30);
+
+/// How a registry (host) takes credentials, as learned at login.
+#[derive(Clone)]
+enum Scheme {
+    /// HTTP Basic with this user and password, or nothing at all (an open registry: empty
+    /// user and password, an `Authorization` header it ignores).
+    Basic(String, String),
+    /// The bearer token given for it.
+    Token(String),
+    /// Bearer tokens from its token server, for this user and password.
+    TokenServer(String, String),
+}
+
 /// A registry client: credentials per registry host, retries, one connection pool.
 #[derive(Clone)]
 pub struct Registry {
     client: Arc<Client>,
     retry: RetryPolicy,
     authed: Arc<Mutex<HashSet<String>>>,
-    open: Arc<Mutex<HashSet<String>>>,
+    /// How each registry logged in takes credentials.
+    schemes: Arc<Mutex<HashMap<String, Scheme>>>,
     secrets: Arc<Mutex<Vec<String>>>,
     insecure: Vec<String>,
-    /// Registries answering user and password with Bearer tokens: their user and password.
-    token_auth: Arc<Mutex<HashMap<String, (String, String)>>>,
+    /// Push tokens for kiln's own uploads by (registry, repository), with when fetched.
+    push_tokens: Arc<Mutex<HashMap<(String, String), mount_token::Token>>>,
     /// Mount tokens by (registry, target repository, source repository), with when fetched.
     mount_tokens: Arc<Mutex<HashMap<MountPair, mount_token::Token>>>,
     /// What a token server answered when it refused the credentials, by registry.
     refusals: Arc<Mutex<HashMap<String, String>>>,
     /// A plain HTTP client for token requests, made on first use.
     http: Arc<std::sync::OnceLock<reqwest::Client>>,
+    /// A client for kiln's own requests to plain-HTTP registries (no CA certificates loaded).
+    plain_http: Arc<std::sync::OnceLock<reqwest::Client>>,
 }
 
 impl Registry {
@@ -85,13 +107,14 @@ impl Registry {
             client: Arc::new(Client::new(config)),
             retry: options.retry,
             authed: Arc::default(),
-            open: Arc::default(),
+            schemes: Arc::default(),
             secrets: Arc::default(),
             insecure: options.insecure,
-            token_auth: Arc::default(),
+            push_tokens: Arc::default(),
             mount_tokens: Arc::default(),
             refusals: Arc::default(),
             http: Arc::default(),
+            plain_http: Arc::default(),
         }
     }
 
@@ -109,61 +132,65 @@ impl Registry {
         self.client
             .store_auth_if_needed(&registry, &creds.auth)
             .await;
-        // Fetch a token (Bearer) or note Basic for pushes up front; failures show on the request.
-        if !matches!(creds.auth, RegistryAuth::Anonymous) {
-            let token = self
-                .client
-                .auth(image, &creds.auth, RegistryOperation::Push)
-                .await;
-            match (token, &creds.auth) {
-                (Ok(Some(_)), RegistryAuth::Basic(user, password)) => {
-                    self.token_auth
-                        .lock()
-                        .expect("lock")
-                        .insert(registry.clone(), (user.clone(), password.clone()));
-                }
-                // oci-client then goes on without a token; its 401 gets this answer added.
-                (Err(OciDistributionError::AuthenticationFailure(body)), _) => {
-                    self.refusals
-                        .lock()
-                        .expect("lock")
-                        .insert(registry.clone(), error::trimmed(&body));
-                }
-                _ => {}
-            }
-        } else if let Ok(None) = self
-            .client
-            .auth(image, &creds.auth, RegistryOperation::Pull)
-            .await
-        {
-            // No challenge at all: an open registry. oci-client would probe `GET /v2/` again
-            // before every request (it caches no answer for "no auth"), doubling the requests.
-            self.open.lock().expect("lock").insert(registry.clone());
+        if let Some(scheme) = self.scheme_of(image, &creds.auth).await {
+            self.schemes
+                .lock()
+                .expect("lock")
+                .insert(registry.clone(), scheme);
         }
         self.authed.lock().expect("lock").insert(registry);
         Ok(())
     }
 
-    /// For an open registry, spares `image` oci-client's auth probe: an empty Basic token (an
-    /// `Authorization` header that a registry without auth ignores).
-    async fn skip_probe(&self, image: &Reference) {
-        if !self
-            .open
+    /// Asks the registry how it wants `auth` (a token fetched now for pushes, or Basic noted);
+    /// `None` when it refused or could not say (failures then show on the requests).
+    async fn scheme_of(&self, image: &Reference, auth: &RegistryAuth) -> Option<Scheme> {
+        if let RegistryAuth::Anonymous = auth {
+            // No challenge at all: an open registry. oci-client would probe `GET /v2/` again
+            // before every request (it caches no answer for "no auth"), doubling the requests.
+            let answer = self.client.auth(image, auth, RegistryOperation::Pull).await;
+            return matches!(answer, Ok(None)).then(|| Scheme::Basic(String::new(), String::new()));
+        }
+        let answer = self.client.auth(image, auth, RegistryOperation::Push).await;
+        match (answer, auth) {
+            (Ok(Some(_)), RegistryAuth::Basic(user, password)) => {
+                Some(Scheme::TokenServer(user.clone(), password.clone()))
+            }
+            (Ok(Some(_)), RegistryAuth::Bearer(token)) => Some(Scheme::Token(token.clone())),
+            (Ok(None), RegistryAuth::Basic(user, password)) => {
+                Some(Scheme::Basic(user.clone(), password.clone()))
+            }
+            // oci-client then goes on without a token; its 401 gets this answer added.
+            (Err(OciDistributionError::AuthenticationFailure(body)), _) => {
+                self.refusals
+                    .lock()
+                    .expect("lock")
+                    .insert(image.resolve_registry().to_owned(), error::trimmed(&body));
+                None
+            }
+            _ => None,
+        }
+    }
+
+    /// How the reference's registry takes credentials, once logged in.
+    fn scheme(&self, image: &Reference) -> Option<Scheme> {
+        self.schemes
             .lock()
             .expect("lock")
-            .contains(image.resolve_registry())
-        {
+            .get(image.resolve_registry())
+            .cloned()
+    }
+
+    /// For a registry taking Basic or nothing, spares `image` oci-client's auth probe (which
+    /// it makes once per repository and operation): the Basic credentials, empty for an open
+    /// registry, which ignores them.
+    async fn skip_probe(&self, image: &Reference) {
+        let Some(Scheme::Basic(user, password)) = self.scheme(image) else {
             return;
-        }
+        };
         for op in [RegistryOperation::Pull, RegistryOperation::Push] {
-            self.client
-                .tokens
-                .insert(
-                    image,
-                    op,
-                    RegistryTokenType::Basic(String::new(), String::new()),
-                )
-                .await;
+            let token = RegistryTokenType::Basic(user.clone(), password.clone());
+            self.client.tokens.insert(image, op, token).await;
         }
     }
 
@@ -249,15 +276,10 @@ impl Registry {
         if self.login(image).await.is_err() {
             return false;
         }
-        let registry = image.resolve_registry().to_owned();
-        let token_creds = self
-            .token_auth
-            .lock()
-            .expect("lock")
-            .get(&registry)
-            .cloned();
-        if let Some(creds) = token_creds {
-            return self.mount_with_token(image, from, digest, creds).await;
+        if let Some(Scheme::TokenServer(user, password)) = self.scheme(image) {
+            return self
+                .mount_with_token(image, from, digest, (user, password))
+                .await;
         }
         let result = self
             .call(image, &format!("mount blob {digest}"), |c| {
@@ -282,12 +304,7 @@ impl Registry {
         (user, password): (String, String),
     ) -> bool {
         let registry = image.resolve_registry().to_owned();
-        let scheme = if self.insecure.contains(&registry) {
-            "http"
-        } else {
-            "https"
-        };
-        let registry_url = format!("{scheme}://{registry}");
+        let registry_url = self.url_of(&registry);
         let key = (
             registry,
             image.repository().to_owned(),
@@ -330,8 +347,122 @@ impl Registry {
         }
     }
 
-    /// Uploads the blob at `path` (digest and size known) in one streamed request.
+    /// `scheme://host[:port]` of `registry`: plain HTTP for the insecure ones.
+    fn url_of(&self, registry: &str) -> String {
+        let scheme = if self.insecure.iter().any(|r| r == registry) {
+            "http"
+        } else {
+            "https"
+        };
+        format!("{scheme}://{registry}")
+    }
+
+    /// Uploads the blob at `path` (digest and size known). One of at most
+    /// [`SINGLE_POST_MAX`] bytes goes in a single POST where the registry takes it so (else
+    /// POST then PUT); a larger one, or one the single POST could not store, streams in a
+    /// POST and a PUT.
     pub async fn upload(
+        &self,
+        image: &Reference,
+        path: &Path,
+        digest: &str,
+        size: u64,
+    ) -> Result<(), RegistryError> {
+        if size <= SINGLE_POST_MAX {
+            self.login(image).await?;
+            if let Some(auth) = self.own_auth(image).await {
+                match self.upload_small(image, path, digest, &auth).await {
+                    Ok(()) => return Ok(()),
+                    Err(e) if e.is_retryable() => return Err(e),
+                    // A registry that refuses the single POST may still take POST + PUT.
+                    Err(e) => tracing::debug!("{e}; uploading it again in POST + PUT"),
+                }
+            }
+        }
+        self.upload_streamed(image, path, digest, size).await
+    }
+
+    /// A small blob in one request (see [`upload::single_post`]), with retries.
+    async fn upload_small(
+        &self,
+        image: &Reference,
+        path: &Path,
+        digest: &str,
+        auth: &upload::Auth,
+    ) -> Result<(), RegistryError> {
+        let action = format!("upload blob {digest}");
+        let body = tokio::fs::read(path)
+            .await
+            .map_err(|e| self.fail(image, &action, e.into()))?;
+        let registry = image.resolve_registry();
+        let registry_url = self.url_of(registry);
+        let http = if registry_url.starts_with("http:") {
+            self.plain_http.get_or_init(upload::plain_http_client)
+        } else {
+            self.http.get_or_init(mount_token::http_client)
+        };
+        self.retry
+            .run(|| async {
+                upload::single_post(http, &registry_url, auth, image.repository(), digest, &body)
+                    .await
+                    .map(|one| tracing::debug!(digest, one_request = one, "blob uploaded"))
+                    .map_err(|e| self.fail(image, &action, e))
+            })
+            .await
+    }
+
+    /// How kiln's own requests to the reference's repository authenticate, after
+    /// [`Registry::login`]; `None` when kiln cannot tell (anonymous on a registry that
+    /// challenges), so oci-client does the request.
+    async fn own_auth(&self, image: &Reference) -> Option<upload::Auth> {
+        match self.scheme(image)? {
+            Scheme::Basic(user, password) if user.is_empty() && password.is_empty() => {
+                Some(upload::Auth::Anonymous)
+            }
+            Scheme::Basic(user, password) => Some(upload::Auth::Basic(user, password)),
+            Scheme::Token(token) => Some(upload::Auth::Bearer(token)),
+            Scheme::TokenServer(user, password) => self.push_token(image, user, password).await,
+        }
+    }
+
+    /// A token granting push on the reference's repository from the registry's token
+    /// server (kept by oci-client for its own requests too), reused for a while.
+    async fn push_token(
+        &self,
+        image: &Reference,
+        user: String,
+        password: String,
+    ) -> Option<upload::Auth> {
+        let key = (
+            image.resolve_registry().to_owned(),
+            image.repository().to_owned(),
+        );
+        let cached = self
+            .push_tokens
+            .lock()
+            .expect("lock")
+            .get(&key)
+            .filter(|t| t.fresh())
+            .map(|t| t.value().to_owned());
+        let token = match cached {
+            Some(token) => token,
+            None => {
+                let basic = RegistryAuth::Basic(user, password);
+                let token = self
+                    .client
+                    .auth(image, &basic, RegistryOperation::Push)
+                    .await
+                    .ok()??;
+                let kept = mount_token::Token::new(token.clone(), PUSH_TOKEN_REUSE);
+                self.push_tokens.lock().expect("lock").insert(key, kept);
+                token
+            }
+        };
+        Some(upload::Auth::Bearer(token))
+    }
+
+    /// Uploads the blob at `path` streamed, in a POST and a PUT (oci-client's monolithic push).
+    async fn upload_streamed(
         &self,
         image: &Reference,
         path: &Path,

@@ -17,6 +17,20 @@ pub(super) struct Token {
 }
 
 impl Token {
+    /// `value`, to be reused for `reuse_for` from now.
+    pub(super) fn new(value: String, reuse_for: Duration) -> Token {
+        Token {
+            value,
+            fetched: Instant::now(),
+            reuse_for,
+        }
+    }
+
+    /// The token itself.
+    pub(super) fn value(&self) -> &str {
+        &self.value
+    }
+
     /// True while the token is young enough to use again (half its granted lifetime, at
     /// most a minute).
     pub(super) fn fresh(&self) -> bool {
