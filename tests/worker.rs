@@ -275,8 +275,13 @@ fn bad_jobs_fail_fast_with_a_reason_and_good_jobs_complete() {
         let mut events = queue.client.subscribe("kiln.events.>").await.unwrap();
 
         // Malformed JSON, a job with an unknown runtime, a missing source object.
+        // Its failure is reported under its message id.
         queue
-            .publish("kiln.jobs.build.x".into(), b"{not json".to_vec())
+            .publish_with_id(
+                "kiln.jobs.build.x".into(),
+                b"{not json".to_vec().into(),
+                "malformed",
+            )
             .await
             .unwrap();
         let bogus = kiln_queue::BuildJob {
@@ -321,7 +326,7 @@ fn bad_jobs_fail_fast_with_a_reason_and_good_jobs_complete() {
         .unwrap();
 
         let expected: BTreeMap<&str, &str> = BTreeMap::from([
-            ("unknown", "payload"),
+            ("malformed", "payload"),
             ("missing-source", "not found"),
             ("unknown-runtime", "runtime"),
             ("bad-pkg", "package.json"),
@@ -349,7 +354,9 @@ fn bad_jobs_fail_fast_with_a_reason_and_good_jobs_complete() {
             }
         }
         for (job, part) in expected {
-            let reason = &failed[job];
+            let reason = failed
+                .get(job)
+                .unwrap_or_else(|| panic!("no failure for {job}: {failed:#?}"));
             assert!(reason.contains(part), "{job}: {reason}");
         }
         assert_eq!(good.unwrap().name, "good-00001");
