@@ -71,6 +71,26 @@ impl Events {
     }
 }
 
+/// The last sequence of `KILN_EVENTS` (0 when empty): what is published later is newer.
+pub async fn events_mark(queue: &Queue) -> Result<u64, NatsError> {
+    let mut stream = queue
+        .js
+        .get_stream(nats::EVENTS_STREAM)
+        .await
+        .map_err(nats_err("read KILN_EVENTS"))?;
+    let info = stream.info().await.map_err(nats_err("read KILN_EVENTS"))?;
+    Ok(info.state.last_sequence)
+}
+
+/// The final event of `job_id` in `KILN_EVENTS` if it came after `mark` (for a client that
+/// may have missed it live while reconnecting).
+pub async fn final_after(queue: &Queue, job_id: &str, mark: u64) -> Option<Event> {
+    match last(queue, &nats::events_subject(job_id)).await {
+        Ok(Some((sequence, event))) if sequence > mark && is_final(&event) => Some(event),
+        _ => None,
+    }
+}
+
 /// Whether `event` ends a job: its revision, or a failure not retried.
 fn is_final(event: &Event) -> bool {
     matches!(

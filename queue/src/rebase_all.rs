@@ -11,6 +11,7 @@ use kiln_builder::registry::Registry;
 use kiln_layers::BlobStore;
 use kiln_layers::oci::Platform;
 
+use crate::follow;
 use crate::nats::{NatsError, Queue};
 use crate::rebase::{apps_on_runtime, job_for, publish_all};
 use crate::schema::{Event, EventKind, Revision};
@@ -203,6 +204,9 @@ pub async fn run(
         .subscribe("kiln.events.>")
         .await
         .map_err(RebaseAllError::Subscribe)?;
+    // Events published while the client reconnects (a NATS node lost) are not seen live:
+    // after a silence, each pending job's final event is read back from KILN_EVENTS.
+    let mark = follow::events_mark(queue).await?;
     let jobs: Vec<_> = apps.iter().map(|revision| job_for(revision, to)).collect();
     // Job id -> the revision it rebases.
     let mut pending: BTreeMap<String, String> = jobs
@@ -213,46 +217,61 @@ pub async fn run(
     let total = pending.len();
     progress(Progress::Queued { jobs: total, to });
     let deadline = tokio::time::Instant::now() + timeout;
+    let unfinished = |unfinished: usize| RebaseAllError::Unfinished {
+        unfinished,
+        total,
+        seconds: timeout.as_secs(),
+    };
     while !pending.is_empty() {
-        let Ok(Some(message)) = tokio::time::timeout_at(deadline, events.next()).await else {
-            return Err(RebaseAllError::Unfinished {
-                unfinished: pending.len(),
-                total,
-                seconds: timeout.as_secs(),
-            });
-        };
-        let Ok(event) = serde_json::from_slice::<Event>(&message.payload) else {
-            continue;
-        };
-        let Some(from) = pending.get(&event.job_id).cloned() else {
-            continue;
-        };
-        let finished = outcome.rebased.len() + outcome.failed.len() + 1;
-        match event.kind {
-            EventKind::Revision { revision } => {
-                pending.remove(&event.job_id);
-                progress(Progress::Rebased {
-                    finished,
-                    total,
-                    from: &from,
-                    revision: &revision,
-                });
-                outcome.rebased.push(*revision);
+        let wake = deadline.min(tokio::time::Instant::now() + follow::RECHECK);
+        let arrived: Vec<Event> = match tokio::time::timeout_at(wake, events.next()).await {
+            Ok(Some(message)) => serde_json::from_slice(&message.payload)
+                .into_iter()
+                .collect(),
+            // The client closed, or the time is up.
+            Ok(None) => return Err(unfinished(pending.len())),
+            Err(_) if tokio::time::Instant::now() >= deadline => {
+                return Err(unfinished(pending.len()));
             }
-            EventKind::Failed {
-                reason,
-                retryable: false,
-            } => {
-                pending.remove(&event.job_id);
-                progress(Progress::Failed {
-                    finished,
-                    total,
-                    from: &from,
-                    reason: &reason,
-                });
-                outcome.failed.push((from, reason));
+            Err(_) => {
+                let mut found = Vec::new();
+                for job_id in pending.keys() {
+                    found.extend(follow::final_after(queue, job_id, mark).await);
+                }
+                found
             }
-            _ => {}
+        };
+        for event in arrived {
+            let Some(from) = pending.get(&event.job_id).cloned() else {
+                continue;
+            };
+            let finished = outcome.rebased.len() + outcome.failed.len() + 1;
+            match event.kind {
+                EventKind::Revision { revision } => {
+                    pending.remove(&event.job_id);
+                    progress(Progress::Rebased {
+                        finished,
+                        total,
+                        from: &from,
+                        revision: &revision,
+                    });
+                    outcome.rebased.push(*revision);
+                }
+                EventKind::Failed {
+                    reason,
+                    retryable: false,
+                } => {
+                    pending.remove(&event.job_id);
+                    progress(Progress::Failed {
+                        finished,
+                        total,
+                        from: &from,
+                        reason: &reason,
+                    });
+                    outcome.failed.push((from, reason));
+                }
+                _ => {}
+            }
         }
     }
     progress(Progress::Finished {
