@@ -12,21 +12,6 @@ use std::time::Duration;
 use common::image::run_image;
 use common::*;
 
-/// The lockfile fixtures and their caches: `$KILN_LOCKFILES`, else `target/lockfiles`
-/// (`.ci/run` makes them; by hand: `fixtures/lockfiles/make.sh target/lockfiles`).
-fn lockfiles() -> PathBuf {
-    let dir = std::env::var_os("KILN_LOCKFILES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/lockfiles"));
-    assert!(
-        dir.join("npm-cache").is_dir(),
-        "no lockfile fixtures in {}: run fixtures/lockfiles/make.sh {} first (it needs the npm registry)",
-        dir.display(),
-        dir.display()
-    );
-    dir
-}
-
 /// Private copies of fixture `name` and of the caches (installs write to them) in `tmp`.
 fn setup(name: &str, tmp: &Path) -> PathBuf {
     let from = lockfiles();

@@ -226,14 +226,7 @@ fn conforms(name: &str, app: &Path, npm_cache: &Path) {
 
 #[test]
 fn a_workspace_package_gets_the_same_layer_as_npm_ci_and_its_closure() {
-    let fixtures = std::env::var_os("KILN_LOCKFILES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| root().join("target/lockfiles"));
-    assert!(
-        fixtures.join("npm-workspaces").is_dir(),
-        "run fixtures/lockfiles/make.sh {} first",
-        fixtures.display()
-    );
+    let fixtures = common::lockfiles();
     let cache = fixtures.join("npm-cache");
     for service in ["api", "web"] {
         let tmp = tempfile::tempdir().unwrap();
@@ -298,6 +291,28 @@ fn cached_tarball(cache: &Path, integrity: &str) -> PathBuf {
         .join(&hex[4..])
 }
 
+/// `kiln build APP --layout TMP/out` with its cache in `tmp`, npm on `npm_cache` (offline
+/// unless `online`), `env` added.
+fn build_layout(
+    tmp: &Path,
+    app: &Path,
+    npm_cache: &Path,
+    online: bool,
+    env: &[(&str, &str)],
+) -> Output {
+    let mut cmd = kiln_cmd(&tmp.join("cache"), npm_cache);
+    if online {
+        cmd.env_remove("npm_config_offline");
+    }
+    cmd.envs(env.iter().copied())
+        .arg("build")
+        .arg(app)
+        .arg("--layout")
+        .arg(tmp.join("out"))
+        .output()
+        .unwrap()
+}
+
 /// An app in `dir/app` that depends on `name` alone, its lockfile entry `entry`.
 fn one_dependency_app(dir: &Path, name: &str, entry: serde_json::Value) -> PathBuf {
     let app = dir.join("app");
@@ -335,13 +350,7 @@ fn a_tarball_that_does_not_match_the_lockfile_is_refused_naming_the_package() {
     bytes[last] ^= 0xff;
     std::fs::write(&tarball, bytes).unwrap();
 
-    let out = kiln_cmd(&tmp.path().join("cache"), &cache)
-        .arg("build")
-        .arg(&app)
-        .arg("--layout")
-        .arg(tmp.path().join("out"))
-        .output()
-        .unwrap();
+    let out = build_layout(tmp.path(), &app, &cache, false, &[]);
     let err = stderr(&out);
     assert!(!out.status.success(), "{err}");
     let version = entry["version"].as_str().unwrap();
@@ -390,14 +399,7 @@ fn a_tarball_missing_from_npms_cache_is_fetched_from_where_the_lockfile_says() {
     );
 
     let cache = tmp.path().join("empty-npm-cache");
-    let out = kiln_cmd(&tmp.path().join("cache"), &cache)
-        .env_remove("npm_config_offline")
-        .arg("build")
-        .arg(&app)
-        .arg("--layout")
-        .arg(tmp.path().join("out"))
-        .output()
-        .unwrap();
+    let out = build_layout(tmp.path(), &app, &cache, true, &[]);
     server.kill().ok();
     server.wait().ok();
     let err = stderr(&out);
@@ -423,18 +425,13 @@ fn a_tarball_nobody_serves_fails_the_build_with_npms_reason() {
         "ms",
         serde_json::json!({"version": version, "resolved": url, "integrity": integrity}),
     );
-    let out = kiln_cmd(
-        &tmp.path().join("cache"),
+    let out = build_layout(
+        tmp.path(),
+        &app,
         &tmp.path().join("empty-npm-cache"),
-    )
-    .env_remove("npm_config_offline")
-    .env("npm_config_fetch_retries", "0")
-    .arg("build")
-    .arg(&app)
-    .arg("--layout")
-    .arg(tmp.path().join("out"))
-    .output()
-    .unwrap();
+        true,
+        &[("npm_config_fetch_retries", "0")],
+    );
     let err = stderr(&out);
     assert!(!out.status.success(), "{err}");
     assert!(err.contains("npm cache add: exit status"), "{err}");

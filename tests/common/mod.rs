@@ -53,6 +53,21 @@ pub fn real_apps() -> PathBuf {
     dir
 }
 
+/// The lockfile fixtures and their caches: `$KILN_LOCKFILES`, else `target/lockfiles`
+/// (`.ci/run` makes them; by hand: `fixtures/lockfiles/make.sh target/lockfiles`).
+pub fn lockfiles() -> PathBuf {
+    let dir = std::env::var_os("KILN_LOCKFILES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root().join("target/lockfiles"));
+    assert!(
+        dir.join("npm-cache").is_dir(),
+        "no lockfile fixtures in {}: run fixtures/lockfiles/make.sh {} first (it needs the npm registry)",
+        dir.display(),
+        dir.display()
+    );
+    dir
+}
+
 /// A private copy of the vendored npm cache (npm writes into its cache).
 pub fn npm_cache(tmp: &Path) -> PathBuf {
     let dest = tmp.join("npm-cache");
