@@ -108,6 +108,11 @@ impl Installer for NpmCi {
             }
             Some(_) => workspace::npm_owner(&cx.packages.lock, rel)
                 .is_some_and(|owner| closure.contains(&owner)),
+            // A scope directory (`node_modules/@s`) when a kept package is in it.
+            None if rel.rsplit('/').next().is_some_and(|n| n.starts_with('@')) => {
+                let inside = format!("{rel}/");
+                closure.iter().any(|kept| kept.starts_with(&inside))
+            }
             None => true,
         }
     }
