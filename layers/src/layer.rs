@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::oci::MEDIA_TYPE_LAYER_GZIP;
 use crate::pgzip::ParallelGzWriter;
@@ -198,33 +198,9 @@ impl LayerStream {
     /// read failure is `Error::Io` with op `read`; fewer bytes than `size` is
     /// `Error::FileChanged`.
     pub fn reader(&mut self, path: &str, mode: u32, size: u64, data: impl Read) -> Result<()> {
-        let mut header = header(self.mtime, mode, (0, 0));
-        header.set_entry_type(tar::EntryType::Regular);
-        header.set_size(size);
-        let mut reader = CountingReader {
-            inner: data.take(size),
-            read: 0,
-            failed: false,
-        };
-        let result = self.tar.append_data(&mut header, path, &mut reader);
-        match result {
-            Err(e) if !reader.failed => Err(self.output_error(Error::Io {
-                op: "write tar entry",
-                path: path.into(),
-                source: e,
-            })),
-            Err(e) => Err(Error::Io {
-                op: "read",
-                path: path.into(),
-                source: e,
-            }),
-            Ok(()) if reader.read != size => Err(Error::FileChanged {
-                path: path.into(),
-                expected: size,
-                found: reader.read,
-            }),
-            Ok(()) => Ok(()),
-        }
+        let header = header(self.mtime, mode, (0, 0));
+        append_file(&mut self.tar, header, path, size, data, Path::new(path))
+            .map_err(|e| self.output_error(e))
     }
 
     /// Finishes the tar and the gzip stream and commits the blob.
@@ -299,30 +275,47 @@ fn append<W: Write>(
             tar.append_link(&mut header, path, target).map_err(failed)
         }
         EntryKind::File { source, size } => {
-            header.set_entry_type(tar::EntryType::Regular);
-            header.set_size(*size);
             let file = File::open(source).map_err(Error::io("open", source))?;
-            let mut reader = CountingReader {
-                inner: file.take(*size),
-                read: 0,
-                failed: false,
-            };
-            match tar.append_data(&mut header, path, &mut reader) {
-                // The output failed (disk full, …), not the file.
-                Err(e) if !reader.failed => Err(failed(e)),
-                Err(e) => Err(Error::Io {
-                    op: "read",
-                    path: source.clone(),
-                    source: e,
-                }),
-                Ok(()) if reader.read != *size => Err(Error::FileChanged {
-                    path: source.clone(),
-                    expected: *size,
-                    found: reader.read,
-                }),
-                Ok(()) => Ok(()),
-            }
+            append_file(tar, header, path, *size, file, source)
         }
+    }
+}
+
+/// Appends a regular file of `size` bytes read from `data`; a read failure or fewer bytes
+/// than `size` name `source`, a write failure names `path`.
+fn append_file<W: Write>(
+    tar: &mut tar::Builder<W>,
+    mut header: tar::Header,
+    path: &str,
+    size: u64,
+    data: impl Read,
+    source: &Path,
+) -> Result<()> {
+    header.set_entry_type(tar::EntryType::Regular);
+    header.set_size(size);
+    let mut reader = CountingReader {
+        inner: data.take(size),
+        read: 0,
+        failed: false,
+    };
+    match tar.append_data(&mut header, path, &mut reader) {
+        // The output failed (disk full, …), not the input.
+        Err(e) if !reader.failed => Err(Error::Io {
+            op: "write tar entry",
+            path: path.into(),
+            source: e,
+        }),
+        Err(e) => Err(Error::Io {
+            op: "read",
+            path: source.into(),
+            source: e,
+        }),
+        Ok(()) if reader.read != size => Err(Error::FileChanged {
+            path: source.into(),
+            expected: size,
+            found: reader.read,
+        }),
+        Ok(()) => Ok(()),
     }
 }
 
