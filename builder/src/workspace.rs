@@ -271,34 +271,55 @@ pub fn npm_closure(lock: &Value, workspace: &Workspace) -> BTreeSet<String> {
         .and_then(Value::as_object)
         .unwrap_or(&empty);
     let mut needed = BTreeSet::new();
-    let mut todo: Vec<String> = workspace.members.clone();
-    let mut seen = BTreeSet::new();
+    let walked: std::result::Result<(), std::convert::Infallible> =
+        walk_npm(packages, &workspace.members, |path, _| {
+            needed.insert(path.to_owned());
+            Ok(true)
+        });
+    walked.unwrap_or_else(|never| match never {});
+    needed
+}
+
+/// Walks an npm lockfile's `packages` from `roots` (lockfile locations: `""` for the root,
+/// members' directories) along production dependency edges (`dependencies`, optional and
+/// peer ones), each resolved the way Node does from the package's place. `visit(path, entry)`
+/// sees each entry reached once and says whether to go on from it; from a workspace link the
+/// walk goes on at the link's target.
+pub(crate) fn walk_npm<E>(
+    packages: &serde_json::Map<String, Value>,
+    roots: &[String],
+    mut visit: impl FnMut(&str, &Value) -> std::result::Result<bool, E>,
+) -> std::result::Result<(), E> {
+    let mut todo = roots.to_vec();
+    let mut seen: BTreeSet<String> = roots.iter().cloned().collect();
     while let Some(at) = todo.pop() {
-        if !seen.insert(at.clone()) {
-            continue;
-        }
         let Some(entry) = packages.get(&at) else {
             continue;
         };
-        if entry.get("link").and_then(Value::as_bool) == Some(true) {
-            if let Some(target) = entry.get("resolved").and_then(Value::as_str) {
-                todo.push(target.to_owned());
-            }
-            continue;
-        }
         for key in ["dependencies", "optionalDependencies", "peerDependencies"] {
-            let Some(deps) = entry.get(key).and_then(Value::as_object) else {
-                continue;
-            };
-            for name in deps.keys() {
-                if let Some(found) = resolve(packages, &at, name) {
-                    needed.insert(found.clone());
+            let names = entry.get(key).and_then(Value::as_object);
+            for name in names.into_iter().flat_map(|m| m.keys()) {
+                let Some(found) = resolve(packages, &at, name) else {
+                    continue;
+                };
+                if !seen.insert(found.clone()) {
+                    continue;
+                }
+                let dep = &packages[&found];
+                if !visit(&found, dep)? {
+                    continue;
+                }
+                if dep.get("link").and_then(Value::as_bool) != Some(true) {
                     todo.push(found);
+                } else if let Some(target) = dep.get("resolved").and_then(Value::as_str)
+                    && seen.insert(target.to_owned())
+                {
+                    todo.push(target.to_owned());
                 }
             }
         }
     }
-    needed
+    Ok(())
 }
 
 /// Where Node finds `name` required from the lockfile location `from`: `from/node_modules`,

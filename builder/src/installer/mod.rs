@@ -104,11 +104,7 @@ fn npm(
     allow_scripts: &[String],
     platform: &Platform,
 ) -> Box<dyn Installer> {
-    let scripted = crate::native::skipped_install_scripts(&packages.lock);
-    let allowed: Vec<&String> = scripted
-        .iter()
-        .filter(|n| allow_scripts.contains(n))
-        .collect();
+    let (allowed, _) = npm_ci::allowed_scripts(&packages.lock, allow_scripts);
     let roots = match workspace {
         Some(ws) => ws.members.clone(),
         None => vec![String::new()],
@@ -118,11 +114,7 @@ fn npm(
     } else if !allowed.is_empty() {
         Err(format!(
             "kiln.allowScripts runs install scripts ({})",
-            allowed
-                .iter()
-                .map(|s| s.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
+            allowed.join(", ")
         ))
     } else {
         lockfile::production_packages(&packages.lock, platform, &roots)

@@ -40,9 +40,7 @@ impl NpmCi {
 
     /// The production packages with install scripts: those the app allows, and the others.
     fn scripts(cx: &Context) -> (Vec<String>, Vec<String>) {
-        native::skipped_install_scripts(&cx.packages.lock)
-            .into_iter()
-            .partition(|name| cx.config.allow_scripts.contains(name))
+        allowed_scripts(&cx.packages.lock, &cx.config.allow_scripts)
     }
 }
 
@@ -168,4 +166,15 @@ impl Installer for NpmCi {
         }
         Ok(modules)
     }
+}
+
+/// The production packages of `lock` with install scripts: those `allow` names, and the
+/// others.
+pub(crate) fn allowed_scripts(
+    lock: &serde_json::Value,
+    allow: &[String],
+) -> (Vec<String>, Vec<String>) {
+    native::skipped_install_scripts(lock)
+        .into_iter()
+        .partition(|name| allow.contains(name))
 }

@@ -121,55 +121,37 @@ pub(crate) fn production_packages(
     let in_workspace = roots.iter().any(|r| !r.is_empty());
     let mut reached: BTreeSet<String> = BTreeSet::new();
     let mut links: Vec<(String, String)> = Vec::new();
-    let mut queue = roots.to_vec();
-    let mut followed: BTreeSet<String> = queue.iter().cloned().collect();
-    while let Some(from) = queue.pop() {
-        let Some(entry) = packages.get(&from) else {
-            continue;
-        };
-        for key in ["dependencies", "optionalDependencies", "peerDependencies"] {
-            let names = entry.get(key).and_then(Value::as_object);
-            for name in names.into_iter().flat_map(|m| m.keys()) {
-                let Some(path) = crate::workspace::resolve(packages, &from, name) else {
-                    continue;
-                };
-                let dep = &packages[&path];
-                if flag(dep, "dev") || reached.contains(&path) {
-                    continue;
-                }
-                if flag(dep, "link") {
-                    // Only a monorepo's own packages ship beside the app.
-                    let target = dep.get("resolved").and_then(Value::as_str);
-                    let Some(target) = target.filter(|_| in_workspace) else {
-                        return Err(format!("{path} is a link"));
-                    };
-                    reached.insert(path.clone());
-                    let up = "../".repeat(path.matches('/').count());
-                    links.push((path.clone(), format!("{up}{target}")));
-                    if followed.insert(target.to_owned()) {
-                        queue.push(target.to_owned());
-                    }
-                    continue;
-                }
-                if !platform.allows(dep) {
-                    if flag(dep, "optional") || flag(dep, "devOptional") {
-                        continue;
-                    }
-                    return Err(format!(
-                        "{path} is not for {}/{}",
-                        platform.os, platform.cpu
-                    ));
-                }
-                reached.insert(path.clone());
-                queue.push(path);
-            }
+    crate::workspace::walk_npm(packages, roots, |path, dep| {
+        if flag(dep, "dev") {
+            return Ok(false);
         }
-    }
+        if flag(dep, "link") {
+            // Only a monorepo's own packages ship beside the app.
+            let target = dep.get("resolved").and_then(Value::as_str);
+            let Some(target) = target.filter(|_| in_workspace) else {
+                return Err(format!("{path} is a link"));
+            };
+            let up = "../".repeat(path.matches('/').count());
+            links.push((path.to_owned(), format!("{up}{target}")));
+            return Ok(true);
+        }
+        if !platform.allows(dep) {
+            if flag(dep, "optional") || flag(dep, "devOptional") {
+                return Ok(false);
+            }
+            return Err(format!(
+                "{path} is not for {}/{}",
+                platform.os, platform.cpu
+            ));
+        }
+        reached.insert(path.to_owned());
+        Ok(true)
+    })?;
     let mut out = Vec::new();
     for path in reached {
         let entry = &packages[&path];
-        // Bundled packages come in their parent's tarball; links are symlinks.
-        if flag(entry, "inBundle") || flag(entry, "link") {
+        // Bundled packages come in their parent's tarball.
+        if flag(entry, "inBundle") {
             continue;
         }
         let name_from_path = path.rsplit_once("node_modules/").map_or("", |(_, n)| n);
