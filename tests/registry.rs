@@ -11,10 +11,6 @@ use common::proxy::Proxy;
 use common::registry::TestRegistry;
 use common::*;
 
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
-
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -32,27 +28,21 @@ fn no_secret(secret: &str, out: &Output, what: &str) {
 }
 
 fn ok(out: Output, what: &str) -> String {
-    assert!(out.status.success(), "{what} failed:\n{}", stderr(&out));
-    let digest = stdout(&out);
-    assert!(digest.starts_with("sha256:"), "{what}: stdout {digest:?}");
-    digest
+    pushed_digest(&out, what)
 }
 
 /// `kiln build <fixture> --base <base> --image <image> --insecure-registry <addr>`.
 fn build_push(fixture: &str, base: &str, image: &str, addr: &str, npm: &Path) -> Output {
-    let dir = root().join("fixtures").join(fixture);
-    kiln(
-        &[
-            "build",
-            dir.to_str().unwrap(),
-            "--base",
-            base,
-            "--image",
-            image,
-            "--insecure-registry",
-            addr,
-        ],
+    assert!(
+        image.starts_with(&format!("{addr}/")),
+        "{image} not on {addr}"
+    );
+    push_dir(
+        &root().join("fixtures").join(fixture),
+        base,
+        image,
         npm,
+        &[],
     )
 }
 

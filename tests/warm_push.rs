@@ -8,37 +8,9 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Output;
 
 use common::registry::TestRegistry;
 use common::*;
-
-/// `kiln build DIR --base BASE --image IMAGE` for the plain-HTTP registry `addr`, with `env`.
-fn build_push(dir: &Path, base: &str, image: &str, npm: &Path, env: &[(&str, &str)]) -> Output {
-    let addr = image.split('/').next().unwrap();
-    let mut cmd = kiln_cmd(&shared_cache(), npm);
-    cmd.arg("build").arg(dir).args([
-        "--base",
-        base,
-        "--image",
-        image,
-        "--insecure-registry",
-        addr,
-    ]);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
-
-/// The image digest a successful build printed.
-fn digest(out: &Output, what: &str) -> String {
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{what} failed:\n{err}");
-    let digest = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-    assert!(digest.starts_with("sha256:"), "{what}: stdout {digest:?}");
-    digest
-}
 
 /// A copy of faas-hello whose `version` function answers `version` (rewritten in place).
 fn set_version(tmp: &Path, name: &str, version: &str) -> std::path::PathBuf {
@@ -65,15 +37,15 @@ fn check_warm_push(reg: &TestRegistry, repository: &str, env: &[(&str, &str)]) {
     let base = push_host_base(&reg.addr, &npm, env);
     let image = |tag: &str| format!("{}/{repository}:{tag}", reg.addr);
     let app = set_version(tmp.path(), "app", "v1");
-    digest(
-        &build_push(&app, &base, &image("v1"), &npm, env),
+    pushed_digest(
+        &push_dir(&app, &base, &image("v1"), &npm, env),
         "first push",
     );
 
     set_version(tmp.path(), "app", "v2");
     let before = reg.log().len();
-    let out = build_push(&app, &base, &image("v2"), &npm, env);
-    let pushed = digest(&out, "code-only push");
+    let out = push_dir(&app, &base, &image("v2"), &npm, env);
+    let pushed = pushed_digest(&out, "code-only push");
     let log = reg.log()[before..].to_owned();
     let expected = BTreeMap::from([("GET".into(), 2), ("POST".into(), 2), ("PUT".into(), 3)]);
     assert_eq!(TestRegistry::by_method(&log), expected, "{log}");
@@ -129,7 +101,7 @@ fn blobs_the_registry_collected_are_pushed_again() {
     let base = push_host_base(&reg.addr, &npm, &[]);
     let app = set_version(tmp.path(), "app", "collected");
     let first = format!("{}/apps/gc:v1", reg.addr);
-    let built = digest(&build_push(&app, &base, &first, &npm, &[]), "first push");
+    let built = pushed_digest(&push_dir(&app, &base, &first, &npm, &[]), "first push");
     let raw = skopeo_inspect(&first, true);
     let app_layer = raw["layers"].as_array().unwrap().last().unwrap()["digest"]
         .as_str()
@@ -141,7 +113,7 @@ fn blobs_the_registry_collected_are_pushed_again() {
 
     let before = reg.log().len();
     let again = format!("{}/apps/gc:v2", reg.addr);
-    let pushed = digest(&build_push(&app, &base, &again, &npm, &[]), "push after GC");
+    let pushed = pushed_digest(&push_dir(&app, &base, &again, &npm, &[]), "push after GC");
     let log = reg.log()[before..].to_owned();
     assert_eq!(pushed, built, "the same source builds the same image");
     assert_eq!(

@@ -297,6 +297,33 @@ pub fn shared_cache() -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kiln-cache")
 }
 
+/// `kiln build DIR --base BASE --image IMAGE` for the plain-HTTP registry `addr`, with `env`.
+pub fn push_dir(dir: &Path, base: &str, image: &str, npm: &Path, env: &[(&str, &str)]) -> Output {
+    let addr = image.split('/').next().unwrap();
+    let mut cmd = kiln_cmd(&shared_cache(), npm);
+    cmd.arg("build").arg(dir).args([
+        "--base",
+        base,
+        "--image",
+        image,
+        "--insecure-registry",
+        addr,
+    ]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+/// The image digest a successful build printed.
+pub fn pushed_digest(out: &Output, what: &str) -> String {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{what} failed:\n{err}");
+    let digest = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(digest.starts_with("sha256:"), "{what}: stdout {digest:?}");
+    digest
+}
+
 /// Pushes the host base to `<registry>/base/node:20` (with `env` for kiln, e.g. credentials)
 /// and returns that reference.
 pub fn push_host_base(registry: &str, npm: &Path, env: &[(&str, &str)]) -> String {
