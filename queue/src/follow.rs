@@ -57,15 +57,12 @@ impl Events {
                     }
                 }
                 Ok(None) => return None,
-                Err(_) => match last(queue, &self.subject).await {
-                    Ok(Some((sequence, event))) if sequence > self.after && is_final(&event) => {
+                Err(_) => {
+                    if let Some(event) = final_after(queue, &self.subject, self.after).await {
                         tracing::debug!("{}: the final event came from the stream", self.subject);
                         return Some(event);
                     }
-                    Ok(_) => {}
-                    // A leader election or a reconnect: ask again after the next silence.
-                    Err(e) => tracing::debug!("{}: {e}", self.subject),
-                },
+                }
             }
         }
     }
@@ -82,12 +79,17 @@ pub async fn events_mark(queue: &Queue) -> Result<u64, NatsError> {
     Ok(info.state.last_sequence)
 }
 
-/// The final event of `job_id` in `KILN_EVENTS` if it came after `mark` (for a client that
-/// may have missed it live while reconnecting).
-pub async fn final_after(queue: &Queue, job_id: &str, mark: u64) -> Option<Event> {
-    match last(queue, &nats::events_subject(job_id)).await {
+/// The final event on a job's events `subject` in `KILN_EVENTS` if it came after `mark`
+/// (for a client that may have missed it live while reconnecting); `None` also when the
+/// stream cannot answer now (a leader election: ask again after the next silence).
+pub async fn final_after(queue: &Queue, subject: &str, mark: u64) -> Option<Event> {
+    match last(queue, subject).await {
         Ok(Some((sequence, event))) if sequence > mark && is_final(&event) => Some(event),
-        _ => None,
+        Ok(_) => None,
+        Err(e) => {
+            tracing::debug!("{subject}: {e}");
+            None
+        }
     }
 }
 

@@ -236,7 +236,8 @@ pub async fn run(
             Err(_) => {
                 let mut found = Vec::new();
                 for job_id in pending.keys() {
-                    found.extend(follow::final_after(queue, job_id, mark).await);
+                    let subject = crate::nats::events_subject(job_id);
+                    found.extend(follow::final_after(queue, &subject, mark).await);
                 }
                 found
             }
