@@ -14,7 +14,9 @@ use kiln_builder::{
 
 use display::Display;
 
+mod dev;
 mod display;
+mod light;
 
 #[derive(Parser)]
 #[command(
@@ -32,6 +34,9 @@ enum Command {
     /// Build an app directory into a registry, an OCI layout and/or an OCI archive; prints
     /// the image digest.
     Build(BuildArgs),
+    /// Run an app locally on its production runtime code, restarting it when its files
+    /// change; `/kiln/dev` lists what it serves.
+    Dev(dev::DevArgs),
     /// Base images.
     #[command(subcommand)]
     Base(BaseCommand),
@@ -52,6 +57,12 @@ enum Command {
     /// Move an app (or every app on a runtime) onto a new runtime base: manifest and config
     /// rewritten, app layers untouched, a new revision each.
     Rebase(RebaseArgs),
+    /// Publish an sma-light app's pages and handlers onto its running instances: a new
+    /// version, live everywhere (or a canary) with no image build and no restart.
+    Publish(light::PublishArgs),
+    /// sma-light versions: list, rollback, promote or abort a canary, running instances.
+    #[command(subcommand)]
+    Light(light::LightCommand),
 }
 
 #[derive(clap::Args)]
@@ -514,6 +525,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Build(args) => build(args),
+        Command::Dev(args) => dev::run(args),
         Command::Base(BaseCommand::FromHost {
             node,
             layout,
@@ -554,6 +566,8 @@ fn run(cli: Cli) -> Result<()> {
             traffic(&args.app, op, &args.out)
         }
         Command::Rebase(args) => rebase(args),
+        Command::Publish(args) => light::publish(args),
+        Command::Light(command) => light::run(command),
         Command::Rollback(args) => traffic(
             &args.app,
             kiln_queue::traffic::Operation::Rollback,

@@ -333,17 +333,31 @@ fn choose_runtime(
     config: &ProjectConfig,
     progress: &dyn Progress,
 ) -> Result<Runtime> {
-    let (name, reason) = match (&request.runtime, &config.runtime) {
-        (Some(name), _) => (name.clone(), "--runtime".to_owned()),
+    let (runtime, reason) = runtime_for(source, request.runtime.as_deref(), config)?;
+    progress.step(Step::Runtime {
+        name: runtime.name.clone(),
+        reason,
+    });
+    Ok(runtime)
+}
+
+/// The runtime of the app in `source` and why: `flag` (`--runtime`), else the project
+/// config's `runtime`, else detected from the source. `kiln build` and `kiln dev` choose
+/// alike.
+pub fn runtime_for(
+    source: &Path,
+    flag: Option<&str>,
+    config: &ProjectConfig,
+) -> Result<(Runtime, String)> {
+    let (name, reason) = match (flag, &config.runtime) {
+        (Some(name), _) => (name.to_owned(), "--runtime".to_owned()),
         (None, Some(name)) => (name.clone(), "project config".to_owned()),
         (None, None) => {
             let (name, reason) = kiln_runtimes::detect(source);
             (name.to_owned(), format!("detected: {reason}"))
         }
     };
-    let runtime = Runtime::get(&name)?;
-    progress.step(Step::Runtime { name, reason });
-    Ok(runtime)
+    Ok((Runtime::get(&name)?, reason))
 }
 
 /// Records of the base's layers; the top ones are those the stages found in it.

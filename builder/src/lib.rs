@@ -12,6 +12,7 @@ pub mod host_base;
 pub mod image;
 pub mod image_config;
 mod installer;
+pub mod light_bundle;
 mod lockfile;
 pub mod native;
 pub mod node_version;

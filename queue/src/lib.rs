@@ -6,6 +6,7 @@ pub mod display;
 pub mod follow;
 pub mod knative;
 pub mod layer_cache;
+pub mod light;
 pub mod metrics;
 pub mod nats;
 pub mod rebase;

@@ -10,6 +10,9 @@
 //! | `KILN_REVISIONS` on `kiln.revisions.>` | what the deployer consumes |
 //! | `kiln-revisions` | KV: revision records and indexes |
 //! | `kiln-layer-cache` | KV: layer cache key → layer descriptor and repository |
+//! | `kiln-light` | KV: each sma-light app's pointer (live version, canary) and version records |
+//! | `kiln-light-instances` | KV: what each running sma-light instance serves (expires) |
+//! | `kiln-bundles` | object store of sma-light bundles, named by digest |
 //! | `KILN_ADVISORIES` on the `kiln-workers` max-deliveries advisory | work queue, kept while no worker runs |
 //! | `kiln-advisories` | durable pull consumer of it: one worker handles each advisory |
 //!
@@ -46,6 +49,14 @@ pub const REVISIONS_STREAM: &str = "KILN_REVISIONS";
 pub const REVISIONS_BUCKET: &str = "kiln-revisions";
 /// KV of layers shared between workers (cache key → layer and repository).
 pub const LAYER_CACHE_BUCKET: &str = "kiln-layer-cache";
+/// KV of sma-light pointers (`<app>`) and version records (`<app>.versions.<n>`).
+pub const LIGHT_POINTERS_BUCKET: &str = "kiln-light";
+/// KV of running sma-light instances (`<app>.<instance>`), refreshed by each instance.
+pub const LIGHT_INSTANCES_BUCKET: &str = "kiln-light-instances";
+/// How long an instance's record outlives its last refresh.
+pub const LIGHT_INSTANCES_TTL: Duration = Duration::from_secs(30);
+/// Object store of sma-light bundles, named `sha256-<hex>`.
+pub const BUNDLES_BUCKET: &str = "kiln-bundles";
 /// Work-queue stream keeping the max-deliveries advisories of `kiln-workers`.
 pub const ADVISORIES_STREAM: &str = "KILN_ADVISORIES";
 /// The workers' durable consumer of [`ADVISORIES_STREAM`].
@@ -115,6 +126,12 @@ pub struct Queue {
     pub sources: object_store::ObjectStore,
     /// Layers shared between workers.
     pub layer_cache: kv::Store,
+    /// sma-light pointers and version records.
+    pub light_pointers: kv::Store,
+    /// What running sma-light instances serve.
+    pub light_instances: kv::Store,
+    /// sma-light bundles.
+    pub bundles: object_store::ObjectStore,
     /// The servers, as messages show them (without credentials).
     pub servers: String,
     /// How long a publish (or another call that a leader election fails for a moment)
@@ -183,6 +200,9 @@ impl Queue {
             revisions: stores.revisions,
             sources: stores.sources,
             layer_cache: stores.layer_cache,
+            light_pointers: stores.light_pointers,
+            light_instances: stores.light_instances,
+            bundles: stores.bundles,
             servers: servers.shown,
             publish_budget: options.timeout,
         })

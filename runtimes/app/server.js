@@ -227,10 +227,46 @@ function start(chosen) {
   return runChild(file, args, env);
 }
 
+// Under `kiln dev` (KILN_DEV=1) the app's own server owns $PORT, so this launcher
+// serves the listing (/kiln/dev and /kiln/dev.json: the start command and the app's
+// URL) on a port of its own, $KILN_DEV_PORT on 127.0.0.1, which kiln dev picks and
+// prints. The listing server never keeps the process alive; images (no KILN_DEV) never
+// open it.
+function serveDevListing(chosen) {
+  const devPort = Number(process.env.KILN_DEV_PORT);
+  if (process.env.KILN_DEV !== '1' || !devPort) return;
+  const http = require('http');
+  const common = require('../common/http.js');
+  const appPort = process.env.PORT || '8080';
+  const listing = (req) => {
+    let host = '127.0.0.1';
+    try {
+      host = new URL(`http://${req.headers.host}`).hostname || host;
+    } catch (err) {
+      // no usable Host header
+    }
+    const item = {
+      name: chosen.command,
+      url: `http://${host}:${appPort}/`,
+      detail: `start command (from ${chosen.from}); the app serves its own routes on $PORT=${appPort}`,
+    };
+    return { runtime: 'app', sections: [{ title: 'App', items: [item] }] };
+  };
+  const server = http.createServer((req, res) => {
+    const { pathname } = new URL(req.url, 'http://localhost');
+    if (common.serveDev(req, res, pathname === '/' ? '/kiln/dev' : pathname, listing)) return;
+    common.sendError(res, 404, `not found: ${pathname} (the app itself is on port ${appPort})`);
+  });
+  server.on('error', (err) => warn(`cannot serve the kiln dev listing on port ${devPort}: ${err.message}`));
+  server.listen(devPort, '127.0.0.1');
+  server.unref();
+}
+
 const chosen = chooseCommand(readPackageJson());
 if (!chosen) {
   fail(
     `no entry point in ${appDir}: add scripts.start ("node server.js"), "main", or an index.js, server.js or app.js`,
   );
 }
+serveDevListing(chosen);
 start(chosen);

@@ -1,7 +1,7 @@
 'use strict';
-// Helpers shared by the kiln faas and sma runtimes: request ids, JSON-line
-// logging, the per-request context, JSON responses, body parsing and the
-// listen/shutdown boilerplate. Node built-ins only.
+// Helpers shared by the kiln runtimes: request ids, JSON-line logging, the
+// per-request context, JSON responses, body parsing, the listen/shutdown
+// boilerplate and the `kiln dev` listing page. Node built-ins only.
 //
 // In an image this file lives at /kiln/runtime/common/http.js and each runtime
 // requires it as '../common/http.js', which also works from the source tree.
@@ -153,13 +153,17 @@ function createHandler(handle) {
   };
 }
 
-// Listen on $PORT (default 8080) on all interfaces; stop cleanly on signals.
-function listen(server, name) {
+// Listen on $PORT (default 8080) on all interfaces; stop cleanly on signals, after
+// `beforeStop()` (a promise, given at most a second) when one is given.
+function listen(server, name, beforeStop) {
   const port = Number(process.env.PORT || 8080);
   const log = createLogger({ runtime: name });
   server.listen(port, () => log.info(`listening on port ${port}`, { cwd: process.cwd() }));
-  const stop = (signal) => {
+  const stop = async (signal) => {
     log.info(`${signal} received, shutting down`);
+    if (beforeStop) {
+      await Promise.race([beforeStop().catch(() => {}), new Promise((r) => setTimeout(r, 1000))]);
+    }
     server.close(() => process.exit(0));
     server.closeIdleConnections();
     setTimeout(() => process.exit(0), 5000).unref();
@@ -173,6 +177,110 @@ function fatal(message, err) {
   process.stderr.write(`kiln: ${message}\n`);
   if (err) process.stderr.write(`${err.stack || err}\n`);
   process.exit(1);
+}
+
+// --- kiln dev: the page listing what an app serves ---------------------------
+//
+// Only under `kiln dev`, which sets KILN_DEV=1; production images never set it, so
+// they never serve /kiln/dev. A listing is
+//   { runtime, sections: [{ title, items: [{ name, url, detail }] }] }
+// where url is a path on this server ("/hello") or an http(s) URL, or empty.
+
+const DEV_PATHS = new Set(['/kiln/dev', '/kiln/dev.json']);
+
+// True when the runtime runs under `kiln dev`.
+function devMode() {
+  return process.env.KILN_DEV === '1';
+}
+
+const HTML_ESCAPES = { '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' };
+
+function escapeHtml(value) {
+  return String(value === undefined || value === null ? '' : value).replace(/[&<>"']/g, (c) => HTML_ESCAPES[c]);
+}
+
+// The listing with every field a string (or absent), whatever the runtime passed.
+function devListing(page) {
+  const text = (v) => (v === undefined || v === null ? '' : String(v));
+  return {
+    runtime: text(page && page.runtime),
+    sections: ((page && page.sections) || []).map((section) => ({
+      title: text(section.title),
+      items: (section.items || []).map((item) => ({
+        name: text(item.name),
+        url: text(item.url),
+        detail: text(item.detail),
+      })),
+    })),
+  };
+}
+
+// Only same-server paths and http(s) URLs become links ("//host" and "javascript:" do not).
+function linkable(url) {
+  return /^(\/(?![\/\\])|https?:\/\/)/i.test(url);
+}
+
+function devHtml(listing) {
+  const item = ({ name, url, detail }) => {
+    const label = `<code>${escapeHtml(name || url)}</code>`;
+    const link = url && linkable(url) ? `<a href="${escapeHtml(url)}">${label}</a>` : label;
+    return `<li>${link}${detail ? ` <span>${escapeHtml(detail)}</span>` : ''}</li>`;
+  };
+  const section = ({ title, items }) =>
+    `<section><h2>${escapeHtml(title)}</h2>` +
+    (items.length ? `<ul>${items.map(item).join('')}</ul>` : '<p>none</p>') +
+    '</section>';
+  const title = `kiln dev: ${listing.runtime} app`;
+  return `<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>${escapeHtml(title)}</title>
+<style>body{font:15px/1.5 system-ui,sans-serif;margin:2em auto;max-width:60em;padding:0 1em}
+h2{font-size:1.1em;margin-top:1.5em}ul{padding-left:1.2em}span{color:#666}code{font-size:.95em}</style>
+</head><body><h1>${escapeHtml(title)}</h1>
+${listing.sections.map(section).join('\n')}
+<p><small>Served by <code>kiln dev</code> only (KILN_DEV=1), never by an image. As JSON: <a href="/kiln/dev.json">/kiln/dev.json</a></small></p>
+</body></html>
+`;
+}
+
+// Answer with the listing as an HTML page: devPage(res, page). The form
+// devPage(req, res, page) also works and answers /kiln/dev.json with the JSON variant.
+function devPage(...args) {
+  if (args.length >= 3) {
+    const [req, res, page] = args;
+    const { pathname } = new URL(req.url, 'http://localhost');
+    return pathname.endsWith('.json') ? devJson(res, page) : devPage(res, page);
+  }
+  const [res, page] = args;
+  const html = devHtml(devListing(page));
+  res.writeHead(200, {
+    'content-type': 'text/html; charset=utf-8',
+    'content-length': Buffer.byteLength(html),
+    'cache-control': 'no-store',
+    'content-security-policy': "default-src 'none'; style-src 'unsafe-inline'",
+    'x-content-type-options': 'nosniff',
+  });
+  res.end(html);
+}
+
+// Answer with the listing as JSON ({ runtime, sections }).
+function devJson(res, page) {
+  res.setHeader('cache-control', 'no-store');
+  sendJson(res, 200, devListing(page));
+}
+
+// Serve GET /kiln/dev (HTML) and /kiln/dev.json under kiln dev; returns whether it
+// answered. `page` is the listing, or a function of the request returning it.
+function serveDev(req, res, pathname, page) {
+  if (!devMode() || !DEV_PATHS.has(pathname)) return false;
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    res.setHeader('allow', 'GET, HEAD');
+    sendError(res, 405, `method ${req.method} not allowed`);
+    return true;
+  }
+  const listing = typeof page === 'function' ? page(req) : page;
+  if (pathname === '/kiln/dev.json') devJson(res, listing);
+  else devPage(res, listing);
+  return true;
 }
 
 module.exports = {
@@ -190,4 +298,9 @@ module.exports = {
   invoke,
   listen,
   fatal,
+  devMode,
+  escapeHtml,
+  devPage,
+  devJson,
+  serveDev,
 };

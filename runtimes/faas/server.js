@@ -51,7 +51,26 @@ function loadFunctions(dir) {
 
 const functions = loadFunctions(path.join(process.cwd(), 'functions'));
 
+// What /kiln/dev lists under `kiln dev` (KILN_DEV=1): every function with its URL.
+function devListing() {
+  return {
+    runtime: 'faas',
+    sections: [
+      {
+        title: 'Functions',
+        items: [...functions.keys()].map((name) => ({
+          name,
+          url: `/${name}`,
+          detail: `functions/${name}.js: GET with query params, or POST a JSON body`,
+        })),
+      },
+      { title: 'Runtime', items: [{ name: 'healthz', url: '/healthz', detail: 'health check' }] },
+    ],
+  };
+}
+
 const server = http.createServer(common.createHandler(async (req, res, url, ctx) => {
+  if (common.serveDev(req, res, url.pathname, devListing)) return;
   const name = url.pathname.slice(1);
   const fn = NAME_RE.test(name) ? functions.get(name) : undefined;
 

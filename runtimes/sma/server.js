@@ -138,10 +138,69 @@ const publicReal = fs.existsSync(publicDir) ? fs.realpathSync(publicDir) : null;
 if (!publicReal) log.warn('no public/ directory found; serving RPC only');
 const client = clientSource([...methods.keys()]);
 
+// Files under public/ as URL paths (index.html also as its directory), at most `limit`.
+function publicFiles(limit) {
+  const items = [];
+  const walk = (dir, rel) => {
+    let entries;
+    try {
+      entries = fs.readdirSync(dir, { withFileTypes: true });
+    } catch (err) {
+      return;
+    }
+    entries.sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0));
+    for (const entry of entries) {
+      if (items.length >= limit) return;
+      const childRel = `${rel}/${entry.name}`;
+      if (entry.isDirectory()) {
+        walk(path.join(dir, entry.name), childRel);
+        continue;
+      }
+      const url = childRel.split('/').map(encodeURIComponent).join('/');
+      const index = entry.name === 'index.html' ? url.slice(0, -'index.html'.length) : null;
+      items.push({
+        name: childRel,
+        url: index || url,
+        detail: CONTENT_TYPES[path.extname(entry.name).toLowerCase()] || 'application/octet-stream',
+      });
+    }
+  };
+  if (publicReal) walk(publicDir, '');
+  return items;
+}
+
+// What /kiln/dev lists under `kiln dev` (KILN_DEV=1): the static files, every RPC
+// method with its endpoint, and the browser client.
+function devListing() {
+  const limit = 1000;
+  const files = publicFiles(limit + 1);
+  if (files.length > limit) files.splice(limit, files.length, { name: `(more than ${limit} files)` });
+  return {
+    runtime: 'sma',
+    sections: [
+      { title: 'Static files (public/)', items: files },
+      {
+        title: 'RPC methods (service.js)',
+        items: [...methods.keys()].map((name) => ({
+          name: `service.${name}(params)`,
+          url: `/rpc/${name}`,
+          detail: `POST /rpc/${name} with a JSON body; answers JSON`,
+        })),
+      },
+      {
+        title: 'Browser client',
+        items: [{ name: '/kiln/client.js', url: '/kiln/client.js', detail: 'defines window.service with one async function per method' }],
+      },
+      { title: 'Runtime', items: [{ name: 'healthz', url: '/healthz', detail: 'health check' }] },
+    ],
+  };
+}
+
 const server = http.createServer(common.createHandler(async (req, res, url, ctx) => {
   const { pathname } = url;
 
   if (pathname === '/healthz') return common.sendJson(res, 200, { ok: true });
+  if (common.serveDev(req, res, pathname, devListing)) return;
 
   if (pathname === '/kiln/client.js') {
     res.writeHead(200, {

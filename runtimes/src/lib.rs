@@ -1,11 +1,11 @@
-//! The kiln runtime catalog: one folder per runtime (`faas/`, `sma/`, `app/`) holding its
+//! The kiln runtime catalog: one folder per runtime (`faas/`, `sma/`, `sma-light/`, `app/`) holding its
 //! `runtime.json` definition and its JavaScript, embedded into the binary, plus the runtime
 //! layer made from them and the detection of a source's runtime.
 //!
 //! A runtime layer depends only on the catalog (fixed mtime, sorted entries), so every app of
 //! one runtime shares it byte for byte.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use include_dir::{Dir, include_dir};
 use kiln_layers::{Entry, LayerBuilder};
@@ -14,7 +14,7 @@ use serde::Deserialize;
 static CATALOG: Dir<'static> = include_dir!("$CARGO_MANIFEST_DIR");
 
 /// Names of the runtimes in the catalog.
-pub const NAMES: [&str; 3] = ["faas", "sma", "app"];
+pub const NAMES: [&str; 4] = ["faas", "sma", "sma-light", "app"];
 
 /// Where runtime files live in an image.
 pub const RUNTIME_ROOT: &str = "kiln/runtime";
@@ -23,7 +23,7 @@ pub const RUNTIME_ROOT: &str = "kiln/runtime";
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// A runtime name that is not in the catalog.
-    #[error("unknown runtime {0:?} (known runtimes: faas, sma, app)")]
+    #[error("unknown runtime {0:?} (known runtimes: faas, sma, sma-light, app)")]
     Unknown(String),
     /// A catalog entry that does not hold together (a bug in the catalog, caught by tests).
     #[error("runtime catalog entry {name}: {problem}")]
@@ -32,6 +32,14 @@ pub enum Error {
         name: String,
         /// What is wrong.
         problem: String,
+    },
+    /// A runtime file that could not be written out ([`Runtime::write_files`]).
+    #[error("cannot write runtime file {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
     },
 }
 
@@ -74,22 +82,50 @@ impl Runtime {
     /// The runtime layer: each listed file at `kiln/runtime/<name>/<file>`, mtime 0, 0644.
     pub fn layer(&self) -> Result<LayerBuilder, Error> {
         let mut layer = LayerBuilder::new(0);
-        for file in &self.files {
-            let rel =
-                normalize(&format!("{}/{file}", self.name)).ok_or_else(|| Error::Catalog {
-                    name: self.name.clone(),
-                    problem: format!("file {file:?} leaves the catalog"),
-                })?;
-            let contents = CATALOG.get_file(&rel).ok_or_else(|| Error::Catalog {
-                name: self.name.clone(),
-                problem: format!("file {file:?} is missing"),
-            })?;
-            layer.add(
-                &format!("{RUNTIME_ROOT}/{rel}"),
-                Entry::bytes(contents.contents()),
-            );
+        for (path, contents) in self.contents()? {
+            layer.add(&path, Entry::bytes(contents));
         }
         Ok(layer)
+    }
+
+    /// Writes the runtime's files under `dir` as its layer lays them out in an image
+    /// (`<dir>/kiln/runtime/<name>/server.js`, `<dir>/kiln/runtime/common/http.js`, …), so
+    /// that `node <dir>/kiln/runtime/<name>/server.js` runs the production runtime outside
+    /// an image (`kiln dev`). Returns the paths written.
+    pub fn write_files(&self, dir: &Path) -> Result<Vec<PathBuf>, Error> {
+        let mut written = Vec::new();
+        for (rel, contents) in self.contents()? {
+            let path = dir.join(&rel);
+            let write = |path: &Path| {
+                std::fs::create_dir_all(path.parent().unwrap_or(dir))?;
+                std::fs::write(path, contents)
+            };
+            write(&path).map_err(|source| Error::Write {
+                path: path.clone(),
+                source,
+            })?;
+            written.push(path);
+        }
+        Ok(written)
+    }
+
+    /// Each listed file as `(path in the image without the leading /, contents)`.
+    fn contents(&self) -> Result<Vec<(String, &'static [u8])>, Error> {
+        self.files
+            .iter()
+            .map(|file| {
+                let rel =
+                    normalize(&format!("{}/{file}", self.name)).ok_or_else(|| Error::Catalog {
+                        name: self.name.clone(),
+                        problem: format!("file {file:?} leaves the catalog"),
+                    })?;
+                let contents = CATALOG.get_file(&rel).ok_or_else(|| Error::Catalog {
+                    name: self.name.clone(),
+                    problem: format!("file {file:?} is missing"),
+                })?;
+                Ok((format!("{RUNTIME_ROOT}/{rel}"), contents.contents()))
+            })
+            .collect()
     }
 }
 
@@ -133,6 +169,26 @@ mod tests {
             );
             assert!(runtime.layer().unwrap().len() >= 3, "{name}");
         }
+    }
+
+    #[test]
+    fn written_files_are_laid_out_as_in_the_layer() {
+        let dir = std::env::temp_dir().join(format!("kiln-runtimes-test-{}", std::process::id()));
+        let faas = Runtime::get("faas").unwrap();
+        let written = faas.write_files(&dir).unwrap();
+        let server = dir.join(format!("{RUNTIME_ROOT}/faas/server.js"));
+        let common = dir.join(format!("{RUNTIME_ROOT}/common/http.js"));
+        assert_eq!(written, [server.clone(), common.clone()]);
+        assert!(
+            std::fs::read_to_string(&server)
+                .unwrap()
+                .contains("'../common/http.js'")
+        );
+        assert_eq!(
+            std::fs::read(&common).unwrap(),
+            CATALOG.get_file("common/http.js").unwrap().contents()
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

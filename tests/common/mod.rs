@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod image;
+pub mod light;
 pub mod nats;
 pub mod proxy;
 pub mod registry;

@@ -11,8 +11,9 @@ use async_nats::jetstream::context::{CreateStreamError, CreateStreamErrorKind, G
 use async_nats::jetstream::{self, ErrorCode, kv, object_store, stream};
 
 use super::{
-    ADVISORIES_STREAM, DUPLICATE_WINDOW, EVENTS_STREAM, JOBS_STREAM, LAYER_CACHE_BUCKET, NatsError,
-    REVISIONS_BUCKET, REVISIONS_STREAM, SOURCES_BUCKET, max_deliveries_subject,
+    ADVISORIES_STREAM, BUNDLES_BUCKET, DUPLICATE_WINDOW, EVENTS_STREAM, JOBS_STREAM,
+    LAYER_CACHE_BUCKET, LIGHT_INSTANCES_BUCKET, LIGHT_INSTANCES_TTL, LIGHT_POINTERS_BUCKET,
+    NatsError, REVISIONS_BUCKET, REVISIONS_STREAM, SOURCES_BUCKET, max_deliveries_subject,
 };
 
 /// The stores the queue keeps handles of.
@@ -20,6 +21,9 @@ pub(super) struct Stores {
     pub revisions: kv::Store,
     pub layer_cache: kv::Store,
     pub sources: object_store::ObjectStore,
+    pub light_pointers: kv::Store,
+    pub light_instances: kv::Store,
+    pub bundles: object_store::ObjectStore,
 }
 
 /// Most replicas a default asks for (a quorum survives one lost server).
@@ -53,19 +57,28 @@ pub(super) fn replicas(given: Option<usize>, info: &ServerInfo) -> Result<usize,
 
 /// Finds or creates every resource with at least `replicas` replicas.
 pub(super) async fn ensure(js: &jetstream::Context, replicas: usize) -> Result<Stores, NatsError> {
+    let no_ttl = Duration::ZERO;
     let (_, _, _, _, revisions, layer_cache, sources) = tokio::try_join!(
         stream(js, jobs_config(), replicas),
         stream(js, events_config(), replicas),
         stream(js, revisions_config(), replicas),
         stream(js, advisories_config(), replicas),
-        key_value(js, REVISIONS_BUCKET, replicas),
-        key_value(js, LAYER_CACHE_BUCKET, replicas),
-        sources(js, replicas),
+        key_value(js, REVISIONS_BUCKET, no_ttl, replicas),
+        key_value(js, LAYER_CACHE_BUCKET, no_ttl, replicas),
+        object_store(js, SOURCES_BUCKET, replicas),
+    )?;
+    let (light_pointers, light_instances, bundles) = tokio::try_join!(
+        key_value(js, LIGHT_POINTERS_BUCKET, no_ttl, replicas),
+        key_value(js, LIGHT_INSTANCES_BUCKET, LIGHT_INSTANCES_TTL, replicas),
+        object_store(js, BUNDLES_BUCKET, replicas),
     )?;
     Ok(Stores {
         revisions,
         layer_cache,
         sources,
+        light_pointers,
+        light_instances,
+        bundles,
     })
 }
 
@@ -142,10 +155,12 @@ async fn stream(
     settle(js, &name, replicas).await
 }
 
-/// The KV bucket `bucket` (file storage, history 1), created when missing.
+/// The KV bucket `bucket` (file storage, history 1, entries kept for `max_age` or for ever
+/// when zero), created when missing.
 async fn key_value(
     js: &jetstream::Context,
     bucket: &str,
+    max_age: Duration,
     replicas: usize,
 ) -> Result<kv::Store, NatsError> {
     let look_up = |e| NatsError::new(format!("look up KV {bucket}"), e);
@@ -161,6 +176,7 @@ async fn key_value(
         .create_key_value(kv::Config {
             bucket: bucket.into(),
             history: 1,
+            max_age,
             storage: stream::StorageType::File,
             num_replicas: replicas,
             ..Default::default()
@@ -181,15 +197,16 @@ async fn key_value(
     }
 }
 
-/// The object store of sources, created when missing.
-async fn sources(
+/// The object store `bucket`, created when missing.
+async fn object_store(
     js: &jetstream::Context,
+    bucket: &str,
     replicas: usize,
 ) -> Result<object_store::ObjectStore, NatsError> {
-    let name = format!("OBJ_{SOURCES_BUCKET}");
-    let open = |e| NatsError::new(format!("open object store {SOURCES_BUCKET}"), e);
+    let name = format!("OBJ_{bucket}");
+    let open = |e| NatsError::new(format!("open object store {bucket}"), e);
     // The store's handle hides its stream's config: ask for both at once.
-    let (found, store) = tokio::join!(js.get_stream(&name), js.get_object_store(SOURCES_BUCKET));
+    let (found, store) = tokio::join!(js.get_stream(&name), js.get_object_store(bucket));
     match (found, store) {
         (Ok(found), Ok(store)) => {
             raise(js, found.cached_info(), replicas).await?;
@@ -203,7 +220,7 @@ async fn sources(
     }
     let created = js
         .create_object_store(object_store::Config {
-            bucket: SOURCES_BUCKET.into(),
+            bucket: bucket.into(),
             storage: stream::StorageType::File,
             num_replicas: replicas,
             ..Default::default()
@@ -211,18 +228,15 @@ async fn sources(
         .await;
     match created {
         Ok(store) => {
-            tracing::debug!("object store {SOURCES_BUCKET}: created");
+            tracing::debug!("object store {bucket}: created");
             settle(js, &name, replicas).await?;
             Ok(store)
         }
         Err(e) if api_code(&e) == Some(ErrorCode::STREAM_NAME_EXIST) => {
             settle(js, &name, replicas).await?;
-            js.get_object_store(SOURCES_BUCKET).await.map_err(open)
+            js.get_object_store(bucket).await.map_err(open)
         }
-        Err(e) => Err(NatsError::new(
-            format!("create object store {SOURCES_BUCKET}"),
-            e,
-        )),
+        Err(e) => Err(NatsError::new(format!("create object store {bucket}"), e)),
     }
 }
 
