@@ -479,3 +479,34 @@ fn bad_input_is_named() {
     let err = run(&[fixture, "--port", &port]);
     assert!(err.contains(&format!("port {port} is in use")), "{err}");
 }
+
+#[test]
+fn sma_light_lists_pages_and_handlers_and_reloads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = fixture("light-pages", tmp.path());
+    let mut dev = Dev::start(&dir);
+    dev.wait_serving("sma-light");
+    let hello = dev.get("/hello?name=dev").unwrap();
+    assert!(hello.body.contains("Hello, dev!"), "{hello:?}");
+    let listed = json(dev.get("/kiln/dev.json"));
+    assert_eq!(listed["runtime"], "sma-light");
+    let urls = listed_urls(&listed);
+    for url in ["/hello", "/api/time", "/api/version", "/index.html", "/style.css"] {
+        assert!(urls.iter().any(|u| u == url), "{url} not in {listed}");
+    }
+    save(
+        &dir.join("api/version.js"),
+        "module.exports = async () => ({ version: 'edited' });\n",
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        if let Some(r) = dev.get("/api/version")
+            && r.body.contains("edited")
+        {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "the edit was never served");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    dev.stop();
+}

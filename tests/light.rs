@@ -358,3 +358,38 @@ fn a_version_that_cannot_load_is_refused_at_publish_or_left_unserved() {
     publish(&nats, &dir, &[]);
     assert_eq!(version_on(&instance, None), "unchecked");
 }
+
+#[test]
+fn a_request_in_flight_finishes_on_the_version_it_started_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = runtime_image(tmp.path());
+    let nats = TestNats::start();
+    assert!(
+        kiln_at(&nats, &["light", "instances", "pages"])
+            .status
+            .success()
+    );
+    let instance = Instance::start(&image, "s1", "pages", &nats.url, tmp.path());
+    let slow = |label: &str| {
+        let dir = variant(tmp.path(), label);
+        std::fs::write(
+            dir.join("api/slow.js"),
+            format!(
+                "module.exports = async () => {{ await new Promise((r) => setTimeout(r, 1500)); return {{ version: {label:?} }}; }};\n"
+            ),
+        )
+        .unwrap();
+        dir
+    };
+    publish(&nats, &slow("old"), &[]);
+    let port = instance.port;
+    let in_flight = std::thread::spawn(move || get(port, "/api/slow", &[]).unwrap());
+    // The slow request has reached the old version's worker before the switch.
+    std::thread::sleep(Duration::from_millis(300));
+    publish(&nats, &slow("new"), &[]);
+    assert_eq!(version_on(&instance, None), "new");
+    let reply = in_flight.join().unwrap();
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert!(reply.body.contains("\"old\""), "{reply:?}");
+    assert_eq!(reply.header("x-kiln-version"), Some("1"));
+}

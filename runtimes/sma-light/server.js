@@ -20,7 +20,7 @@
 //
 // Environment: PORT; KILN_NATS (servers, comma-separated; without it the image's version is
 // served alone), KILN_NATS_TOKEN or KILN_NATS_USER + KILN_NATS_PASSWORD, KILN_APP (the app's
-// name), KILN_INSTANCE (default: host name and pid), KILN_LIGHT_CACHE (bundle cache folder),
+// name; default K_SERVICE, which Knative sets), KILN_INSTANCE (default: host name and pid), KILN_LIGHT_CACHE (bundle cache folder),
 // KILN_LIGHT_KEEP (bundles kept in it, default 20).
 //
 // Canary: a request carries a sticky key (header x-kiln-key, else cookie kiln-key, else a
@@ -169,7 +169,8 @@ let state = { live: null, canary: null, percent: 0 };
 let failed = null; // { version, digest, error } of the last version that failed to load
 let switched = null; // { version, fetched, ms } of the last switch
 let nc = null;
-const app = process.env.KILN_APP || path.basename(process.cwd());
+// On Knative the Service is named after the app, and K_SERVICE carries it.
+const app = process.env.KILN_APP || process.env.K_SERVICE || path.basename(process.cwd());
 const instance = (process.env.KILN_INSTANCE || `${os.hostname()}-${process.pid}`).replace(/[^A-Za-z0-9_=-]/g, '-');
 const cacheDir = process.env.KILN_LIGHT_CACHE || path.join(os.tmpdir(), 'kiln-light', instance);
 const keep = Math.max(2, Number(process.env.KILN_LIGHT_KEEP || 20));
