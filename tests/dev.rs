@@ -491,7 +491,13 @@ fn sma_light_lists_pages_and_handlers_and_reloads() {
     let listed = json(dev.get("/kiln/dev.json"));
     assert_eq!(listed["runtime"], "sma-light");
     let urls = listed_urls(&listed);
-    for url in ["/hello", "/api/time", "/api/version", "/index.html", "/style.css"] {
+    for url in [
+        "/hello",
+        "/api/time",
+        "/api/version",
+        "/index.html",
+        "/style.css",
+    ] {
         assert!(urls.iter().any(|u| u == url), "{url} not in {listed}");
     }
     save(
@@ -505,7 +511,10 @@ fn sma_light_lists_pages_and_handlers_and_reloads() {
         {
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "the edit was never served");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the edit was never served"
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     dev.stop();

@@ -393,3 +393,134 @@ fn a_request_in_flight_finishes_on_the_version_it_started_on() {
     assert!(reply.body.contains("\"old\""), "{reply:?}");
     assert_eq!(reply.header("x-kiln-version"), Some("1"));
 }
+
+#[test]
+fn the_publish_check_runs_the_folders_code_in_the_sandbox() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nats = TestNats::start();
+    // A module that writes into its own folder at load: the folder is read-only there.
+    let dir = variant(tmp.path(), "writes");
+    std::fs::write(
+        dir.join("api/evil.js"),
+        "require('fs').writeFileSync(__dirname + '/../pwned.txt', 'x');\nmodule.exports = async () => 1;\n",
+    )
+    .unwrap();
+    let out = kiln_at(&nats, &["publish", dir.to_str().unwrap(), "--app", "pages"]);
+    assert!(!out.status.success(), "a write at load was allowed");
+    assert!(stderr(&out).contains("api/evil.js"), "{}", stderr(&out));
+    assert!(!dir.join("pwned.txt").exists());
+
+    // One that looks for kiln's secrets and the network: it sees neither, so it loads.
+    let dir = variant(tmp.path(), "snoops");
+    std::fs::write(
+        dir.join("api/evil.js"),
+        "if (Object.keys(process.env).some((k) => k.startsWith('KILN_')) || process.env.HOME !== '/tmp') throw new Error('saw the environment');\n\
+         if (Object.keys(require('os').networkInterfaces()).some((n) => n !== 'lo')) throw new Error('saw the network');\n\
+         module.exports = async () => 1;\n",
+    )
+    .unwrap();
+    let mut cmd = common::kiln_cmd(&tmp.path().join("cache"), Path::new("/nonexistent"));
+    let out = cmd
+        .args([
+            "publish",
+            dir.to_str().unwrap(),
+            "--app",
+            "pages",
+            "--nats",
+            &nats.url,
+        ])
+        .env("KILN_SECRET_FOR_THE_TEST", "x")
+        .env("HOME", "/root")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+}
+
+/// A bundle made by hand (not by `kiln publish`), as someone with write access to the
+/// object store could.
+fn crafted(files: &[(&str, &str)]) -> kiln_builder::light_bundle::Bundle {
+    use base64::Engine;
+    use sha2::Digest;
+    let files: serde_json::Map<String, serde_json::Value> = files
+        .iter()
+        .map(|(path, text)| {
+            let b64 = base64::engine::general_purpose::STANDARD.encode(text);
+            (path.to_string(), serde_json::Value::String(b64))
+        })
+        .collect();
+    let doc = serde_json::json!({ "format": "kiln-light-bundle/1", "files": files });
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    std::io::Write::write_all(&mut gz, doc.to_string().as_bytes()).unwrap();
+    let bytes = gz.finish().unwrap();
+    let digest = format!("sha256:{:x}", sha2::Sha256::digest(&bytes));
+    kiln_builder::light_bundle::Bundle {
+        bytes,
+        digest,
+        files: files_len(&doc),
+    }
+}
+
+fn files_len(doc: &serde_json::Value) -> usize {
+    doc["files"].as_object().unwrap().len()
+}
+
+#[test]
+fn a_hostile_bundle_is_not_unpacked_and_the_instance_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = runtime_image(tmp.path());
+    let nats = TestNats::start();
+    assert!(
+        kiln_at(&nats, &["light", "instances", "pages"])
+            .status
+            .success()
+    );
+    let instance = Instance::start(&image, "h1", "pages", &nats.url, tmp.path());
+    publish(&nats, &variant(tmp.path(), "good"), &[]);
+    let ok = "module.exports = async () => ({ version: 'hostile' });";
+    let hostile = [
+        (
+            "climbs out",
+            vec![("api/version.js", ok), ("../../escape.js", "x")],
+        ),
+        (
+            "absolute",
+            vec![("api/version.js", ok), ("/tmp/escape.js", "x")],
+        ),
+        ("no routes", vec![("lib/x.js", "module.exports = 1;")]),
+    ];
+    let rt = common::tokio_rt();
+    for (what, files) in hostile {
+        let bundle = crafted(&files);
+        let reason = rt.block_on(async {
+            let queue = kiln_queue::Queue::connect(&nats.url).await.unwrap();
+            let since = tokio::time::Instant::now();
+            let published =
+                kiln_queue::light::publish(&queue, "pages", &bundle, serde_json::Value::Null, None)
+                    .await
+                    .unwrap();
+            let live = kiln_queue::light::wait_live(
+                &queue,
+                "pages",
+                &published.pointer,
+                since,
+                Duration::from_secs(30),
+            )
+            .await
+            .unwrap();
+            assert_eq!(live.failed.len(), 1, "{what}: {live:?}");
+            live.failed[0].1.error.clone()
+        });
+        assert!(
+            reason.contains("not a plain relative path") || reason.contains("nothing to serve"),
+            "{what}: {reason}"
+        );
+        assert_eq!(version_on(&instance, None), "good", "{what}");
+    }
+    // No file of theirs was written anywhere.
+    let found = std::process::Command::new("find")
+        .arg(image.join("rootfs"))
+        .args(["-name", "escape.js"])
+        .output()
+        .unwrap();
+    assert!(found.stdout.is_empty(), "{}", String::from_utf8_lossy(&found.stdout));
+}

@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use base64::Engine;
 use flate2::Compression;
@@ -19,6 +18,8 @@ use kiln_layers::source::ScanOptions;
 use kiln_layers::{SourceKind, SourceTree};
 use serde::Serialize;
 use sha2::{Digest as _, Sha256};
+
+use crate::sandbox::{self, Script, WORK};
 
 /// The format name a bundle carries.
 pub const FORMAT: &str = "kiln-light-bundle/1";
@@ -54,9 +55,6 @@ pub enum BundleError {
     /// The runtime's files could not be written out to run the check.
     #[error("{0}")]
     Runtime(#[from] kiln_runtimes::Error),
-    /// `node` could not be run to check the folder.
-    #[error("checking the bundle needs node on PATH: {0}")]
-    Node(std::io::Error),
 }
 
 /// A packed folder.
@@ -121,38 +119,59 @@ pub fn pack(dir: &Path) -> Result<Bundle, BundleError> {
 /// Loads `dir` the way an instance loads a version (the sma-light runtime's own loader, run
 /// by `node`, each module in a worker thread) and returns its routes: refuses a folder with
 /// a syntax error, a module that throws on load, a page or handler that is not a function,
-/// or nothing to serve.
+/// or nothing to serve. The folder's code runs in the build sandbox ([`sandbox`]): no
+/// network, no credentials, an empty environment, the folder itself read-only.
 pub fn check(dir: &Path) -> Result<serde_json::Value, BundleError> {
     let scratch = tempfile::tempdir().map_err(|source| BundleError::Read {
         path: std::env::temp_dir(),
         source,
     })?;
     kiln_runtimes::Runtime::get("sma-light")?.write_files(scratch.path())?;
-    let server = scratch.path().join("kiln/runtime/sma-light/server.js");
-    let out = Command::new("node")
-        .arg(server)
-        .arg("--check")
-        .arg(dir)
-        .current_dir(dir)
-        .env_remove("KILN_NATS")
-        .output()
-        .map_err(BundleError::Node)?;
-    if !out.status.success() {
-        let reason = String::from_utf8_lossy(&out.stderr).trim().to_owned();
-        return Err(BundleError::Refused {
-            dir: dir.into(),
-            reason: if reason.is_empty() {
-                format!("node exited with {}", out.status)
-            } else {
-                reason
-            },
-        });
-    }
-    serde_json::from_slice(&out.stdout).map_err(|e| BundleError::Refused {
+    let source = dir.canonicalize().map_err(|source| BundleError::Read {
+        path: dir.into(),
+        source,
+    })?;
+    let command = format!("node {WORK}/kiln/runtime/sma-light/server.js --check {CHECKED}");
+    let mut lines = Vec::new();
+    let ran = sandbox::run(
+        &Script {
+            command: &command,
+            work: scratch.path(),
+            read_only: vec![(source, CHECKED.into())],
+            tmpfs: Vec::new(),
+            env: vec![("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into())],
+            timeout: CHECK_TIMEOUT,
+        },
+        &mut |line| lines.push(line.to_owned()),
+    );
+    let refused = |reason: String| BundleError::Refused {
         dir: dir.into(),
-        reason: format!("unexpected answer from the check: {e}"),
-    })
+        reason,
+    };
+    if let Err(failure) = ran {
+        let said = failure.output.join("\n");
+        return Err(refused(if said.trim().is_empty() {
+            failure.problem
+        } else {
+            said.replace(CHECKED, &dir.display().to_string())
+        }));
+    }
+    // The loader's answer is its last line; the app's own output may come before it.
+    lines
+        .iter()
+        .rev()
+        .find_map(|l| {
+            serde_json::from_str::<serde_json::Value>(l)
+                .ok()
+                .filter(|v| v.get("api").is_some())
+        })
+        .ok_or_else(|| refused(format!("no answer from the check: {}", lines.join(" | "))))
 }
+
+/// Where the checked folder appears in the sandbox.
+const CHECKED: &str = "/src";
+/// How long loading a folder may take.
+const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {
