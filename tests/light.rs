@@ -522,5 +522,45 @@ fn a_hostile_bundle_is_not_unpacked_and_the_instance_keeps_serving() {
         .args(["-name", "escape.js"])
         .output()
         .unwrap();
-    assert!(found.stdout.is_empty(), "{}", String::from_utf8_lossy(&found.stdout));
+    assert!(
+        found.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&found.stdout)
+    );
+}
+
+#[test]
+fn a_version_whose_worker_dies_is_started_again() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = runtime_image(tmp.path());
+    let nats = TestNats::start();
+    assert!(
+        kiln_at(&nats, &["light", "instances", "pages"])
+            .status
+            .success()
+    );
+    let instance = Instance::start(&image, "d1", "pages", &nats.url, tmp.path());
+    let dir = variant(tmp.path(), "fragile");
+    std::fs::write(
+        dir.join("api/crash.js"),
+        "module.exports = async () => { setTimeout(() => { throw new Error('crash'); }, 10); return 'bye'; };\n",
+    )
+    .unwrap();
+    publish(&nats, &dir, &[]);
+    assert_eq!(instance.get("/api/crash", &[]).unwrap().status, 200);
+    // The worker dies after answering; the instance starts the same version again.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let log = instance.log();
+        if log.contains("starting it again") && version_on(&instance, None) == "fragile" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not started again:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let reply = instance.get("/api/version", &[]).unwrap();
+    assert_eq!(reply.header("x-kiln-version"), Some("1"));
 }

@@ -46,6 +46,7 @@ const POINTERS_BUCKET = 'kiln-light';
 const INSTANCES_BUCKET = 'kiln-light-instances';
 const BUNDLES_BUCKET = 'kiln-bundles';
 const LOAD_TIMEOUT_MS = 15000;
+const CALL_TIMEOUT_MS = Number(process.env.KILN_LIGHT_TIMEOUT_MS || 60000);
 const HEARTBEAT_MS = Number(process.env.KILN_LIGHT_HEARTBEAT_MS || 3000);
 const KEY_COOKIE = 'kiln-key';
 const KEY_RE = /^[A-Za-z0-9_.=-]{1,128}$/;
@@ -102,7 +103,9 @@ class Version {
       this.worker.on('exit', (code) => {
         clearTimeout(timer);
         reject(new Error(`worker exited with code ${code}`));
+        this.worker = null;
         this.fail(new Error(`version ${this.number} stopped (worker exit ${code})`));
+        if (this.onExit) this.onExit(code);
       });
     });
     try {
@@ -118,11 +121,18 @@ class Version {
     return this;
   }
 
+  // Calls into the version's worker; a call not answered within CALL_TIMEOUT_MS fails (504),
+  // so that a handler that never answers cannot hold an old version forever.
   call(kind, name, params, request) {
-    if (!this.worker) return Promise.reject(new Error(`version ${this.number} is released`));
+    if (!this.worker) return Promise.reject(new Error(`version ${this.number} is not running`));
     const id = ++this.nextId;
     return new Promise((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new common.HttpError(504, `${kind} ${name || ''} did not answer within ${CALL_TIMEOUT_MS} ms`));
+      }, CALL_TIMEOUT_MS);
+      const done = (f) => (value) => { clearTimeout(timer); f(value); };
+      this.pending.set(id, { resolve: done(resolve), reject: done(reject) });
       this.worker.postMessage({ id, kind, name, params, request });
     });
   }
@@ -157,6 +167,7 @@ class Version {
     worker.removeAllListeners('exit');
     worker.terminate().catch(() => {});
     this.fail(new Error(`version ${this.number} was released`));
+    this.onExit = null;
   }
 
   summary() {
@@ -228,8 +239,24 @@ function pruneCache() {
 async function loadVersion(number, digest) {
   const started = Date.now();
   const { dir, fetched } = await bundleDir(digest);
-  const version = await new Version(number, digest, dir).start();
+  const version = await startVersion(number, digest, dir);
   return { version, fetched, ms: Date.now() - started };
+}
+
+// Starts a version whose worker, should it die (a crash outside any handler, out of
+// memory), is started again in its place.
+async function startVersion(number, digest, dir) {
+  const version = await new Version(number, digest, dir).start();
+  version.onExit = (code) => {
+    log.error(`version ${number}'s worker stopped (exit ${code}); starting it again`);
+    event({ kind: 'light.restarted', version: number, digest, code });
+    startVersion(number, digest, dir).then((fresh) => {
+      if (state.live === version) state = { ...state, live: fresh };
+      else if (state.canary === version) state = { ...state, canary: fresh };
+      else fresh.release();
+    }).catch((err) => log.error(`version ${number} did not start again`, { error: err.message }));
+  };
+  return version;
 }
 
 // --- switching ---
@@ -241,7 +268,8 @@ let applying = Promise.resolve();
 // are coalesced to the newest.
 function want(pointer) {
   wanted = pointer;
-  applying = applying.then(() => {
+  // A failed apply must not stop the ones after it.
+  applying = applying.catch((err) => log.error('switch failed', { error: err.stack || String(err) })).then(() => {
     const next = wanted;
     wanted = null;
     return next ? apply(next) : undefined;
@@ -458,7 +486,7 @@ async function serve(version, req, res, url, ctx) {
       return common.sendJson(res, 200, await version.call('api', name, given, request));
     } catch (err) {
       ctx.log.error(`api/${name} threw`, { error: err.stack || err.message, version: version.number });
-      return common.sendJson(res, err.status === 404 ? 404 : 500, common.errorBody(err));
+      return common.sendJson(res, err.status === 404 || err.status === 504 ? err.status : 500, common.errorBody(err));
     }
   }
   if (version.routes.pages.has(pathname)) {
@@ -467,7 +495,7 @@ async function serve(version, req, res, url, ctx) {
       return sendAnswer(res, await version.call('page', pathname, given, request));
     } catch (err) {
       ctx.log.error(`page ${pathname} threw`, { error: err.stack || err.message, version: version.number });
-      return sendAnswer(res, { status: 500, body: 'internal error' });
+      return sendAnswer(res, { status: err.status === 504 ? 504 : 500, body: 'internal error' });
     }
   }
   const file = resolveStatic(version, pathname);
@@ -565,7 +593,7 @@ async function main() {
   if (pointer) await want(pointer);
   if (!state.live) {
     if (pointer) log.warn('the published version did not load: serving the image\'s version');
-    state = { live: await new Version(0, 'image', process.cwd()).start(), canary: null, percent: 0 };
+    state = { live: await startVersion(0, 'image', process.cwd()), canary: null, percent: 0 };
   }
   const server = http.createServer(handler);
   // Stopping (SIGTERM): the presence record goes first, so that a waiting publish stops

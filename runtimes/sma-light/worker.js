@@ -14,6 +14,9 @@ const common = require('../common/http.js');
 const bundle = require('./bundle.js');
 
 const { dir, version } = workerData;
+const log = common.createLogger({ version });
+// A promise a handler left behind that fails is logged; it does not take the version down.
+process.on('unhandledRejection', (err) => log.error('unhandled rejection', { error: (err && err.stack) || String(err) }));
 // Handlers require their dependencies from the image's /app/node_modules, whatever folder
 // the version was unpacked into.
 if (workerData.nodeModules) Module.globalPaths.push(workerData.nodeModules);
