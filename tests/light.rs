@@ -150,6 +150,13 @@ fn six_versions_go_live_on_three_instances_with_no_failed_request_and_bounded_me
         }
     }
     let (calls, failures) = client.finish();
+    // A published version finds the image's dependencies, and ES modules load too.
+    for instance in &instances {
+        let ago = instance.get("/api/ago?ms=120000", &[]).unwrap();
+        assert!(ago.body.contains("2 minutes"), "{ago:?}\n{}", instance.log());
+        let esm = instance.get("/api/esm", &[]).unwrap();
+        assert!(esm.body.contains("\"esm\":true"), "{esm:?}");
+    }
     assert!(calls > 100, "the client made only {calls} calls");
     assert!(
         failures.is_empty(),

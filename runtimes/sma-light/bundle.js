@@ -8,6 +8,7 @@
 //   pages/<name>.js     dynamic pages at /<name> (pages/index.js at /, pages/a/index.js at /a)
 //   api/<name>.js       API handlers at /api/<name>
 //   middleware.js       runs before every request
+// (.mjs and .cjs too: CommonJS and ES modules alike).
 // Other files (lib/, data) go along so that handlers can require them.
 
 const crypto = require('crypto');
@@ -19,6 +20,7 @@ const FORMAT = 'kiln-light-bundle/1';
 const MAX_BUNDLE_BYTES = 64 * 1024 * 1024;
 const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
 const SKIP_DIRS = new Set(['node_modules', '.git']);
+const MODULE_RE = /\.(js|mjs|cjs)$/;
 
 function digestOf(bytes) {
   return 'sha256:' + crypto.createHash('sha256').update(bytes).digest('hex');
@@ -57,16 +59,20 @@ function decode(bytes, digest) {
 }
 
 // Writes a bundle's files under `dir` (made whole in a scratch folder, then renamed, so
-// that a folder that exists is complete). Does nothing when `dir` exists.
-function extract(files, dir) {
+// that a folder that exists is complete), with `node_modules` a link to `nodeModules` (the
+// image's) so that handlers find their dependencies, by require and import alike. Does
+// nothing when `dir` exists.
+function extract(files, dir, nodeModules) {
   if (fs.existsSync(dir)) return;
   const scratch = `${dir}.part-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
   for (const [rel, bytes] of files) {
+    if (rel === 'node_modules' || rel.startsWith('node_modules/')) continue;
     const file = path.join(scratch, ...rel.split('/'));
     fs.mkdirSync(path.dirname(file), { recursive: true });
     fs.writeFileSync(file, bytes);
   }
   fs.mkdirSync(scratch, { recursive: true });
+  if (nodeModules && fs.existsSync(nodeModules)) fs.symlinkSync(nodeModules, path.join(scratch, 'node_modules'));
   try {
     fs.renameSync(scratch, dir);
   } catch (err) {
@@ -104,16 +110,16 @@ function routes(dir) {
   let statics = 0;
   for (const rel of walk(dir)) {
     if (rel.startsWith('public/')) statics += 1;
-    else if (rel.startsWith('pages/') && rel.endsWith('.js')) {
-      let url = '/' + rel.slice('pages/'.length, -'.js'.length);
+    else if (rel.startsWith('pages/') && MODULE_RE.test(rel)) {
+      let url = '/' + rel.slice('pages/'.length).replace(MODULE_RE, '');
       if (url === '/index') url = '/';
       else if (url.endsWith('/index')) url = url.slice(0, -'/index'.length);
       pages.set(url, rel);
-    } else if (rel.startsWith('api/') && rel.endsWith('.js')) {
-      api.set(rel.slice('api/'.length, -'.js'.length), rel);
+    } else if (rel.startsWith('api/') && MODULE_RE.test(rel)) {
+      api.set(rel.slice('api/'.length).replace(MODULE_RE, ''), rel);
     }
   }
-  const middleware = fs.existsSync(path.join(dir, 'middleware.js')) ? 'middleware.js' : null;
+  const middleware = ['middleware.js', 'middleware.mjs', 'middleware.cjs'].find((f) => fs.existsSync(path.join(dir, f))) || null;
   return { pages, api, middleware, statics };
 }
 

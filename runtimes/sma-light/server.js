@@ -88,9 +88,8 @@ class Version {
 
   // Starts the worker; resolves once every module loaded and a health call came back.
   async start() {
-    const nodeModules = path.join(process.cwd(), 'node_modules');
     this.worker = new Worker(path.join(__dirname, 'worker.js'), {
-      workerData: { dir: this.dir, version: this.number, nodeModules },
+      workerData: { dir: this.dir, version: this.number },
     });
     const loaded = new Promise((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`did not load within ${LOAD_TIMEOUT_MS} ms`)), LOAD_TIMEOUT_MS);
@@ -212,7 +211,7 @@ async function bundleDir(digest) {
     const now = new Date();
     fs.utimesSync(file, now, now); // most recently used
   }
-  bundle.extract(files, dir);
+  bundle.extract(files, dir, path.join(process.cwd(), 'node_modules'));
   return { dir, fetched };
 }
 

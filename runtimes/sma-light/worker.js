@@ -2,13 +2,13 @@
 // One sma-light version, in a worker thread of its own: its own module cache and globals,
 // so versions never share state and a released version's memory goes with its thread.
 //
-// workerData: { dir, version, nodeModules }. It loads every page, API handler and the
+// workerData: { dir, version }. It loads every page, API handler and the
 // middleware at once and answers { type: 'loaded', routes } or { type: 'failed', error };
 // then each { id, kind: 'page'|'api'|'middleware'|'health', name, params, request } with
 // { id, ok: true, result } or { id, ok: false, error }.
 
-const Module = require('module');
 const path = require('path');
+const { pathToFileURL } = require('url');
 const { parentPort, workerData } = require('worker_threads');
 const common = require('../common/http.js');
 const bundle = require('./bundle.js');
@@ -17,34 +17,33 @@ const { dir, version } = workerData;
 const log = common.createLogger({ version });
 // A promise a handler left behind that fails is logged; it does not take the version down.
 process.on('unhandledRejection', (err) => log.error('unhandled rejection', { error: (err && err.stack) || String(err) }));
-// Handlers require their dependencies from the image's /app/node_modules, whatever folder
-// the version was unpacked into.
-if (workerData.nodeModules) Module.globalPaths.push(workerData.nodeModules);
-
-function loadFunction(rel) {
+// Loads a page, handler or middleware, CommonJS or ES module alike (import() takes both):
+// its function is module.exports, the default export, or a transpiled exports.default.
+async function loadFunction(rel) {
   let mod;
   try {
-    mod = require(path.join(dir, ...rel.split('/')));
+    mod = await import(pathToFileURL(path.join(dir, ...rel.split('/'))).href);
   } catch (err) {
     // The error and where in the app it happened (a syntax error's stack starts there).
     const where = String((err && err.stack) || '').split('\n').find((l) => l.includes(dir));
     const what = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
     throw new Error(`${rel} failed to load: ${what}${where ? ` (${where.trim().replace(/^at /, '')})` : ''}`);
   }
-  const fn = typeof mod === 'function' ? mod : mod && mod.default;
+  let fn = mod && mod.default;
+  if (fn && typeof fn === 'object' && typeof fn.default === 'function') fn = fn.default;
   if (typeof fn !== 'function') {
     throw new Error(`${rel} must export a function (module.exports = async (params, context) => ...)`);
   }
   return fn;
 }
 
-function load() {
+async function load() {
   const found = bundle.routes(dir);
   const pages = new Map();
   const api = new Map();
-  for (const [url, rel] of found.pages) pages.set(url, loadFunction(rel));
-  for (const [name, rel] of found.api) api.set(name, loadFunction(rel));
-  const middleware = found.middleware ? loadFunction(found.middleware) : null;
+  for (const [url, rel] of found.pages) pages.set(url, await loadFunction(rel));
+  for (const [name, rel] of found.api) api.set(name, await loadFunction(rel));
+  const middleware = found.middleware ? await loadFunction(found.middleware) : null;
   if (pages.size === 0 && api.size === 0 && found.statics === 0) {
     throw new Error('nothing to serve: no public/, pages/*.js or api/*.js');
   }
@@ -56,15 +55,7 @@ function errorOf(err) {
   return { message: String(err), name: 'Error' };
 }
 
-let app;
-try {
-  app = load();
-} catch (err) {
-  parentPort.postMessage({ type: 'failed', error: errorOf(err).message });
-  app = null;
-}
-
-if (app) {
+function serve(app) {
   parentPort.on('message', async (msg) => {
     const { id, kind, name, params, request } = msg;
     try {
@@ -96,3 +87,5 @@ if (app) {
     },
   });
 }
+
+load().then(serve, (err) => parentPort.postMessage({ type: 'failed', error: errorOf(err).message }));
