@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use common::light::{Instance, get, variant};
 use common::nats::TestNats;
+use common::nats::cluster::TestCluster;
 use common::{kiln, npm_cache, root, unpack};
 
 /// Builds the sma-light runtime image of fixtures/light-pages and unpacks it into `tmp`.
@@ -41,7 +42,7 @@ fn stderr(out: &Output) -> String {
 }
 
 /// `kiln ARGS --nats URL`, asserting success; returns stderr.
-fn light(nats: &TestNats, args: &[&str]) -> String {
+fn light(nats: &str, args: &[&str]) -> String {
     let out = kiln_at(nats, args);
     assert!(
         out.status.success(),
@@ -51,13 +52,13 @@ fn light(nats: &TestNats, args: &[&str]) -> String {
     stderr(&out)
 }
 
-fn kiln_at(nats: &TestNats, args: &[&str]) -> Output {
+fn kiln_at(nats: &str, args: &[&str]) -> Output {
     let mut all = args.to_vec();
-    all.extend(["--nats", &nats.url]);
+    all.extend(["--nats", nats, "--nats-timeout", "30"]);
     kiln(&all, Path::new("/nonexistent-npm-cache"))
 }
 
-fn publish(nats: &TestNats, dir: &Path, extra: &[&str]) -> String {
+fn publish(nats: &str, dir: &Path, extra: &[&str]) -> String {
     let mut args = vec!["publish", dir.to_str().unwrap(), "--app", "pages", "--wait"];
     args.extend(extra);
     light(nats, &args)
@@ -124,7 +125,7 @@ fn six_versions_go_live_on_three_instances_with_no_failed_request_and_bounded_me
     let nats = TestNats::start();
     // Any kiln command makes the buckets; instances expect them.
     assert!(
-        kiln_at(&nats, &["light", "instances", "pages"])
+        kiln_at(&nats.url, &["light", "instances", "pages"])
             .status
             .success()
     );
@@ -137,7 +138,7 @@ fn six_versions_go_live_on_three_instances_with_no_failed_request_and_bounded_me
     let client = Client::start(instances.iter().map(|i| i.port).collect());
     for n in 1..=6 {
         let dir = variant(tmp.path(), &n.to_string());
-        let said = publish(&nats, &dir, &[]);
+        let said = publish(&nats.url, &dir, &[]);
         assert!(said.contains("live on 3 instance(s) in"), "{said}");
         // --wait returned: every instance already answers with the new version.
         for instance in &instances {
@@ -153,7 +154,11 @@ fn six_versions_go_live_on_three_instances_with_no_failed_request_and_bounded_me
     // A published version finds the image's dependencies, and ES modules load too.
     for instance in &instances {
         let ago = instance.get("/api/ago?ms=120000", &[]).unwrap();
-        assert!(ago.body.contains("2 minutes"), "{ago:?}\n{}", instance.log());
+        assert!(
+            ago.body.contains("2 minutes"),
+            "{ago:?}\n{}",
+            instance.log()
+        );
         let esm = instance.get("/api/esm", &[]).unwrap();
         assert!(esm.body.contains("\"esm\":true"), "{esm:?}");
     }
@@ -225,15 +230,15 @@ fn canary_is_sticky_near_its_percent_and_rollback_needs_no_fetch() {
     let image = runtime_image(tmp.path());
     let nats = TestNats::start();
     assert!(
-        kiln_at(&nats, &["light", "instances", "pages"])
+        kiln_at(&nats.url, &["light", "instances", "pages"])
             .status
             .success()
     );
     let instances: Vec<Instance> = (1..=2)
         .map(|i| Instance::start(&image, &format!("c{i}"), "pages", &nats.url, tmp.path()))
         .collect();
-    publish(&nats, &variant(tmp.path(), "a"), &[]);
-    publish(&nats, &variant(tmp.path(), "b"), &["--canary", "10"]);
+    publish(&nats.url, &variant(tmp.path(), "a"), &[]);
+    publish(&nats.url, &variant(tmp.path(), "b"), &["--canary", "10"]);
 
     // 2,000 sticky keys, each asked on both instances.
     let mut by_version: BTreeMap<String, usize> = BTreeMap::new();
@@ -264,7 +269,7 @@ fn canary_is_sticky_near_its_percent_and_rollback_needs_no_fetch() {
     }
 
     // Promote: the canary serves everyone.
-    light(&nats, &["light", "promote", "pages", "--wait"]);
+    light(&nats.url, &["light", "promote", "pages", "--wait"]);
     for instance in &instances {
         assert_eq!(version_on(instance, Some("user-1")), "b");
     }
@@ -278,7 +283,7 @@ fn canary_is_sticky_near_its_percent_and_rollback_needs_no_fetch() {
         let name = format!("sha256-{}", first.digest.trim_start_matches("sha256:"));
         queue.bundles.delete(&name).await.unwrap();
     });
-    let said = light(&nats, &["light", "rollback", "pages", "--wait"]);
+    let said = light(&nats.url, &["light", "rollback", "pages", "--wait"]);
     assert!(said.contains("live on 2 instance(s)"), "{said}");
     for instance in &instances {
         assert_eq!(
@@ -288,14 +293,14 @@ fn canary_is_sticky_near_its_percent_and_rollback_needs_no_fetch() {
             instance.log()
         );
     }
-    let listed = kiln_at(&nats, &["light", "instances", "pages", "--json"]);
+    let listed = kiln_at(&nats.url, &["light", "instances", "pages", "--json"]);
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed.len(), 2, "{listed:?}");
     for p in &listed {
         assert_eq!(p["live"]["version"], 1, "{p}");
         assert_eq!(p["switched"]["fetched"], false, "{p}");
     }
-    let versions = kiln_at(&nats, &["light", "versions", "pages"]);
+    let versions = kiln_at(&nats.url, &["light", "versions", "pages"]);
     let text = String::from_utf8_lossy(&versions.stdout);
     assert!(
         text.lines()
@@ -310,12 +315,12 @@ fn a_version_that_cannot_load_is_refused_at_publish_or_left_unserved() {
     let image = runtime_image(tmp.path());
     let nats = TestNats::start();
     assert!(
-        kiln_at(&nats, &["light", "instances", "pages"])
+        kiln_at(&nats.url, &["light", "instances", "pages"])
             .status
             .success()
     );
     let instance = Instance::start(&image, "b1", "pages", &nats.url, tmp.path());
-    publish(&nats, &variant(tmp.path(), "good"), &[]);
+    publish(&nats.url, &variant(tmp.path(), "good"), &[]);
 
     let broken = [
         ("syntax", "module.exports = async () => {", "SyntaxError"),
@@ -331,7 +336,7 @@ fn a_version_that_cannot_load_is_refused_at_publish_or_left_unserved() {
         std::fs::write(dir.join("api/broken.js"), source).unwrap();
         // Refused at publish: no version recorded, the pointer unchanged.
         let args = ["publish", dir.to_str().unwrap(), "--app", "pages", "--wait"];
-        let out = kiln_at(&nats, &args);
+        let out = kiln_at(&nats.url, &args);
         assert!(!out.status.success(), "{label} was published");
         let err = stderr(&out);
         assert!(
@@ -357,12 +362,12 @@ fn a_version_that_cannot_load_is_refused_at_publish_or_left_unserved() {
     );
     assert!(failures.is_empty(), "{failures:?}");
     assert_eq!(version_on(&instance, None), "good");
-    let listed = kiln_at(&nats, &["light", "instances", "pages", "--json"]);
+    let listed = kiln_at(&nats.url, &["light", "instances", "pages", "--json"]);
     let listed: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
     assert_eq!(listed[0]["failed"]["version"], 2, "{listed:?}");
     // Fixed and published again: served.
     std::fs::remove_file(dir.join("api/broken.js")).unwrap();
-    publish(&nats, &dir, &[]);
+    publish(&nats.url, &dir, &[]);
     assert_eq!(version_on(&instance, None), "unchecked");
 }
 
@@ -372,7 +377,7 @@ fn a_request_in_flight_finishes_on_the_version_it_started_on() {
     let image = runtime_image(tmp.path());
     let nats = TestNats::start();
     assert!(
-        kiln_at(&nats, &["light", "instances", "pages"])
+        kiln_at(&nats.url, &["light", "instances", "pages"])
             .status
             .success()
     );
@@ -388,12 +393,12 @@ fn a_request_in_flight_finishes_on_the_version_it_started_on() {
         .unwrap();
         dir
     };
-    publish(&nats, &slow("old"), &[]);
+    publish(&nats.url, &slow("old"), &[]);
     let port = instance.port;
     let in_flight = std::thread::spawn(move || get(port, "/api/slow", &[]).unwrap());
     // The slow request has reached the old version's worker before the switch.
     std::thread::sleep(Duration::from_millis(300));
-    publish(&nats, &slow("new"), &[]);
+    publish(&nats.url, &slow("new"), &[]);
     assert_eq!(version_on(&instance, None), "new");
     let reply = in_flight.join().unwrap();
     assert_eq!(reply.status, 200, "{reply:?}");
@@ -412,7 +417,10 @@ fn the_publish_check_runs_the_folders_code_in_the_sandbox() {
         "require('fs').writeFileSync(__dirname + '/../pwned.txt', 'x');\nmodule.exports = async () => 1;\n",
     )
     .unwrap();
-    let out = kiln_at(&nats, &["publish", dir.to_str().unwrap(), "--app", "pages"]);
+    let out = kiln_at(
+        &nats.url,
+        &["publish", dir.to_str().unwrap(), "--app", "pages"],
+    );
     assert!(!out.status.success(), "a write at load was allowed");
     assert!(stderr(&out).contains("api/evil.js"), "{}", stderr(&out));
     assert!(!dir.join("pwned.txt").exists());
@@ -477,12 +485,12 @@ fn a_hostile_bundle_is_not_unpacked_and_the_instance_keeps_serving() {
     let image = runtime_image(tmp.path());
     let nats = TestNats::start();
     assert!(
-        kiln_at(&nats, &["light", "instances", "pages"])
+        kiln_at(&nats.url, &["light", "instances", "pages"])
             .status
             .success()
     );
     let instance = Instance::start(&image, "h1", "pages", &nats.url, tmp.path());
-    publish(&nats, &variant(tmp.path(), "good"), &[]);
+    publish(&nats.url, &variant(tmp.path(), "good"), &[]);
     let ok = "module.exports = async () => ({ version: 'hostile' });";
     let hostile = [
         (
@@ -542,7 +550,7 @@ fn a_version_whose_worker_dies_is_started_again() {
     let image = runtime_image(tmp.path());
     let nats = TestNats::start();
     assert!(
-        kiln_at(&nats, &["light", "instances", "pages"])
+        kiln_at(&nats.url, &["light", "instances", "pages"])
             .status
             .success()
     );
@@ -553,7 +561,7 @@ fn a_version_whose_worker_dies_is_started_again() {
         "module.exports = async () => { setTimeout(() => { throw new Error('crash'); }, 10); return 'bye'; };\n",
     )
     .unwrap();
-    publish(&nats, &dir, &[]);
+    publish(&nats.url, &dir, &[]);
     assert_eq!(instance.get("/api/crash", &[]).unwrap().status, 200);
     // The worker dies after answering; the instance starts the same version again.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
@@ -570,4 +578,42 @@ fn a_version_whose_worker_dies_is_started_again() {
     }
     let reply = instance.get("/api/version", &[]).unwrap();
     assert_eq!(reply.header("x-kiln-version"), Some("1"));
+}
+
+#[test]
+fn instances_on_a_cluster_take_new_versions_after_a_node_is_lost() {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = runtime_image(tmp.path());
+    let mut cluster = TestCluster::start(3);
+    cluster.wait_ready(Duration::from_secs(30));
+    let url = cluster.url.clone();
+    assert!(
+        kiln_at(&url, &["light", "instances", "pages"])
+            .status
+            .success()
+    );
+    // The instances connect to the node leading the pointers' stream (first in their list):
+    // losing it costs them their connection and the stream its leader at once.
+    let leader = cluster.wait_leader_of("KV_kiln-light", Duration::from_secs(30));
+    let mut ports: Vec<u16> = cluster.nodes.iter().map(|n| n.port).collect();
+    ports.swap(0, leader);
+    let servers: Vec<String> = ports
+        .iter()
+        .map(|p| format!("nats://127.0.0.1:{p}"))
+        .collect();
+    let servers = servers.join(",");
+    let instances: Vec<Instance> = (1..=2)
+        .map(|i| Instance::start(&image, &format!("n{i}"), "pages", &servers, tmp.path()))
+        .collect();
+    publish(&url, &variant(tmp.path(), "before"), &[]);
+    let client = Client::start(instances.iter().map(|i| i.port).collect());
+    cluster.kill(leader);
+    let said = publish(&url, &variant(tmp.path(), "after"), &[]);
+    assert!(said.contains("live on 2 instance(s)"), "{said}");
+    for instance in &instances {
+        assert_eq!(version_on(instance, None), "after", "{}", instance.log());
+        assert!(instance.log().contains("NATS reconnected"), "{}", instance.log());
+    }
+    let (_, failures) = client.finish();
+    assert!(failures.is_empty(), "{failures:?}");
 }

@@ -387,7 +387,9 @@ async function connectNats() {
     }
     want(pointer).catch((err) => log.error('switch failed', { error: err.stack || String(err) }));
   });
+  nc.on('disconnect', () => log.warn('NATS connection lost; reconnecting'));
   nc.on('reconnect', () => {
+    log.info('NATS reconnected; reading the pointer again');
     // Updates made while disconnected were missed: read the pointer again.
     readPointer().then((p) => p && want(p)).catch((err) => log.warn('pointer re-read failed', { error: err.message }));
     presence();
