@@ -380,13 +380,7 @@ struct Snapshot(BTreeMap<String, [i64; 6]>);
 
 impl Snapshot {
     fn take(dir: &Path) -> Result<Snapshot> {
-        let tree = SourceTree::scan(
-            dir,
-            &ScanOptions {
-                ignore_files: true,
-                exclude_top: vec!["node_modules".into()],
-            },
-        )?;
+        let tree = SourceTree::scan(dir, &ScanOptions::app())?;
         let files = tree
             .entries()
             .iter()

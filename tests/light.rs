@@ -37,6 +37,65 @@ fn runtime_image(tmp: &Path) -> PathBuf {
     unpack(&layout, "light", tmp)
 }
 
+/// The runtime image, a nats-server with kiln's buckets made, and `n` instances named
+/// `<prefix>1`…: what most tests start from.
+struct Setup {
+    tmp: tempfile::TempDir,
+    image: PathBuf,
+    nats: TestNats,
+    instances: Vec<Instance>,
+}
+
+fn setup(n: usize, prefix: &str) -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let image = runtime_image(tmp.path());
+    let nats = TestNats::start();
+    // Any kiln command makes the buckets; instances expect them.
+    assert!(
+        kiln_at(&nats.url, &["light", "instances", "pages"])
+            .status
+            .success()
+    );
+    let instances = (1..=n)
+        .map(|i| {
+            Instance::start(
+                &image,
+                &format!("{prefix}{i}"),
+                "pages",
+                &nats.url,
+                tmp.path(),
+            )
+        })
+        .collect();
+    Setup {
+        tmp,
+        image,
+        nats,
+        instances,
+    }
+}
+
+/// Publishes `bundle` with the library (no CLI, no check) and waits for the instances.
+async fn publish_bundle(
+    queue: &kiln_queue::Queue,
+    bundle: &kiln_builder::light_bundle::Bundle,
+) -> kiln_queue::light::Live {
+    let since = tokio::time::Instant::now();
+    let published =
+        kiln_queue::light::publish(queue, "pages", bundle, serde_json::Value::Null, None)
+            .await
+            .unwrap();
+    kiln_queue::light::wait_live(
+        queue,
+        "pages",
+        &published.pointer,
+        since,
+        Duration::from_secs(30),
+    )
+    .await
+    .unwrap()
+}
+
 fn stderr(out: &Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -120,18 +179,12 @@ impl Client {
 
 #[test]
 fn six_versions_go_live_on_three_instances_with_no_failed_request_and_bounded_memory() {
-    let tmp = tempfile::tempdir().unwrap();
-    let image = runtime_image(tmp.path());
-    let nats = TestNats::start();
-    // Any kiln command makes the buckets; instances expect them.
-    assert!(
-        kiln_at(&nats.url, &["light", "instances", "pages"])
-            .status
-            .success()
-    );
-    let instances: Vec<Instance> = (1..=3)
-        .map(|i| Instance::start(&image, &format!("i{i}"), "pages", &nats.url, tmp.path()))
-        .collect();
+    let Setup {
+        tmp,
+        image,
+        nats,
+        instances,
+    } = setup(3, "i");
     for instance in &instances {
         assert_eq!(version_on(instance, None), "image", "{}", instance.log());
     }
@@ -189,20 +242,7 @@ fn six_versions_go_live_on_three_instances_with_no_failed_request_and_bounded_me
             )
             .unwrap();
             let bundle = kiln_builder::light_bundle::pack(&dir).unwrap();
-            let since = tokio::time::Instant::now();
-            let published =
-                kiln_queue::light::publish(&queue, "pages", &bundle, serde_json::Value::Null, None)
-                    .await
-                    .unwrap();
-            let live = kiln_queue::light::wait_live(
-                &queue,
-                "pages",
-                &published.pointer,
-                since,
-                Duration::from_secs(30),
-            )
-            .await
-            .unwrap();
+            let live = publish_bundle(&queue, &bundle).await;
             assert_eq!(live.instances.len(), 3, "{live:?}");
             assert!(live.failed.is_empty(), "{live:?}");
         }
@@ -226,17 +266,12 @@ fn six_versions_go_live_on_three_instances_with_no_failed_request_and_bounded_me
 
 #[test]
 fn canary_is_sticky_near_its_percent_and_rollback_needs_no_fetch() {
-    let tmp = tempfile::tempdir().unwrap();
-    let image = runtime_image(tmp.path());
-    let nats = TestNats::start();
-    assert!(
-        kiln_at(&nats.url, &["light", "instances", "pages"])
-            .status
-            .success()
-    );
-    let instances: Vec<Instance> = (1..=2)
-        .map(|i| Instance::start(&image, &format!("c{i}"), "pages", &nats.url, tmp.path()))
-        .collect();
+    let Setup {
+        tmp,
+        image: _,
+        nats,
+        instances,
+    } = setup(2, "c");
     publish(&nats.url, &variant(tmp.path(), "a"), &[]);
     publish(&nats.url, &variant(tmp.path(), "b"), &["--canary", "10"]);
 
@@ -311,15 +346,13 @@ fn canary_is_sticky_near_its_percent_and_rollback_needs_no_fetch() {
 
 #[test]
 fn a_version_that_cannot_load_is_refused_at_publish_or_left_unserved() {
-    let tmp = tempfile::tempdir().unwrap();
-    let image = runtime_image(tmp.path());
-    let nats = TestNats::start();
-    assert!(
-        kiln_at(&nats.url, &["light", "instances", "pages"])
-            .status
-            .success()
-    );
-    let instance = Instance::start(&image, "b1", "pages", &nats.url, tmp.path());
+    let Setup {
+        tmp,
+        image: _,
+        nats,
+        mut instances,
+    } = setup(1, "b");
+    let instance = instances.remove(0);
     publish(&nats.url, &variant(tmp.path(), "good"), &[]);
 
     let broken = [
@@ -373,15 +406,13 @@ fn a_version_that_cannot_load_is_refused_at_publish_or_left_unserved() {
 
 #[test]
 fn a_request_in_flight_finishes_on_the_version_it_started_on() {
-    let tmp = tempfile::tempdir().unwrap();
-    let image = runtime_image(tmp.path());
-    let nats = TestNats::start();
-    assert!(
-        kiln_at(&nats.url, &["light", "instances", "pages"])
-            .status
-            .success()
-    );
-    let instance = Instance::start(&image, "s1", "pages", &nats.url, tmp.path());
+    let Setup {
+        tmp,
+        image: _,
+        nats,
+        mut instances,
+    } = setup(1, "s");
+    let instance = instances.remove(0);
     let slow = |label: &str| {
         let dir = variant(tmp.path(), label);
         std::fs::write(
@@ -481,15 +512,13 @@ fn files_len(doc: &serde_json::Value) -> usize {
 
 #[test]
 fn a_hostile_bundle_is_not_unpacked_and_the_instance_keeps_serving() {
-    let tmp = tempfile::tempdir().unwrap();
-    let image = runtime_image(tmp.path());
-    let nats = TestNats::start();
-    assert!(
-        kiln_at(&nats.url, &["light", "instances", "pages"])
-            .status
-            .success()
-    );
-    let instance = Instance::start(&image, "h1", "pages", &nats.url, tmp.path());
+    let Setup {
+        tmp,
+        image,
+        nats,
+        mut instances,
+    } = setup(1, "h");
+    let instance = instances.remove(0);
     publish(&nats.url, &variant(tmp.path(), "good"), &[]);
     let ok = "module.exports = async () => ({ version: 'hostile' });";
     let hostile = [
@@ -508,20 +537,7 @@ fn a_hostile_bundle_is_not_unpacked_and_the_instance_keeps_serving() {
         let bundle = crafted(&files);
         let reason = rt.block_on(async {
             let queue = kiln_queue::Queue::connect(&nats.url).await.unwrap();
-            let since = tokio::time::Instant::now();
-            let published =
-                kiln_queue::light::publish(&queue, "pages", &bundle, serde_json::Value::Null, None)
-                    .await
-                    .unwrap();
-            let live = kiln_queue::light::wait_live(
-                &queue,
-                "pages",
-                &published.pointer,
-                since,
-                Duration::from_secs(30),
-            )
-            .await
-            .unwrap();
+            let live = publish_bundle(&queue, &bundle).await;
             assert_eq!(live.failed.len(), 1, "{what}: {live:?}");
             live.failed[0].1.error.clone()
         });
@@ -546,15 +562,13 @@ fn a_hostile_bundle_is_not_unpacked_and_the_instance_keeps_serving() {
 
 #[test]
 fn a_version_whose_worker_dies_is_started_again() {
-    let tmp = tempfile::tempdir().unwrap();
-    let image = runtime_image(tmp.path());
-    let nats = TestNats::start();
-    assert!(
-        kiln_at(&nats.url, &["light", "instances", "pages"])
-            .status
-            .success()
-    );
-    let instance = Instance::start(&image, "d1", "pages", &nats.url, tmp.path());
+    let Setup {
+        tmp,
+        image: _,
+        nats,
+        mut instances,
+    } = setup(1, "d");
+    let instance = instances.remove(0);
     let dir = variant(tmp.path(), "fragile");
     std::fs::write(
         dir.join("api/crash.js"),
@@ -612,7 +626,11 @@ fn instances_on_a_cluster_take_new_versions_after_a_node_is_lost() {
     assert!(said.contains("live on 2 instance(s)"), "{said}");
     for instance in &instances {
         assert_eq!(version_on(instance, None), "after", "{}", instance.log());
-        assert!(instance.log().contains("NATS reconnected"), "{}", instance.log());
+        assert!(
+            instance.log().contains("NATS reconnected"),
+            "{}",
+            instance.log()
+        );
     }
     let (_, failures) = client.finish();
     assert!(failures.is_empty(), "{failures:?}");

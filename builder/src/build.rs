@@ -118,15 +118,7 @@ pub fn build_with(
     if let Some(have) = base.label(LABEL_NODE_VERSION) {
         node_version::check(source, &packages.package, have)?;
     }
-    let scan = |dir: &Path| {
-        SourceTree::scan(
-            dir,
-            &ScanOptions {
-                ignore_files: true,
-                exclude_top: vec!["node_modules".into()],
-            },
-        )
-    };
+    let scan = |dir: &Path| SourceTree::scan(dir, &ScanOptions::app());
     let tree = scan(source)?;
     let mut content = tree.content_key()?;
     // In a monorepo, the workspace packages the app depends on ship beside it.

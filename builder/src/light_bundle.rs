@@ -76,13 +76,7 @@ struct Document<'a> {
 
 /// Packs `dir` into a bundle.
 pub fn pack(dir: &Path) -> Result<Bundle, BundleError> {
-    let tree = SourceTree::scan(
-        dir,
-        &ScanOptions {
-            ignore_files: true,
-            exclude_top: vec!["node_modules".into()],
-        },
-    )?;
+    let tree = SourceTree::scan(dir, &ScanOptions::app())?;
     let mut files = BTreeMap::new();
     for entry in tree.entries() {
         if let SourceKind::File { .. } = entry.kind {

@@ -56,6 +56,17 @@ pub struct ScanOptions {
     pub exclude_top: Vec<String>,
 }
 
+impl ScanOptions {
+    /// An app's own files, as its app layer ships them: the ignore rules applied,
+    /// `node_modules` left out (the dependencies have their own layer).
+    pub fn app() -> ScanOptions {
+        ScanOptions {
+            ignore_files: true,
+            exclude_top: vec!["node_modules".into()],
+        }
+    }
+}
+
 /// A listed source tree, entries in sorted order.
 #[derive(Clone, Debug)]
 pub struct SourceTree {

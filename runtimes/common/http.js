@@ -7,6 +7,8 @@
 // requires it as '../common/http.js', which also works from the source tree.
 
 const crypto = require('crypto');
+const fs = require('fs');
+const path = require('path');
 
 const MAX_BODY_BYTES = 1024 * 1024; // 1 MiB is plenty for JSON params
 
@@ -153,6 +155,71 @@ function createHandler(handle) {
   };
 }
 
+const CONTENT_TYPES = {
+  '.html': 'text/html; charset=utf-8',
+  '.js': 'text/javascript; charset=utf-8',
+  '.mjs': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8',
+  '.json': 'application/json; charset=utf-8',
+  '.map': 'application/json; charset=utf-8',
+  '.txt': 'text/plain; charset=utf-8',
+  '.svg': 'image/svg+xml',
+  '.png': 'image/png',
+  '.jpg': 'image/jpeg',
+  '.jpeg': 'image/jpeg',
+  '.gif': 'image/gif',
+  '.webp': 'image/webp',
+  '.ico': 'image/x-icon',
+  '.woff': 'font/woff',
+  '.woff2': 'font/woff2',
+  '.wasm': 'application/wasm',
+};
+
+// The content type a static file is served with.
+function contentType(file) {
+  return CONTENT_TYPES[path.extname(file).toLowerCase()] || 'application/octet-stream';
+}
+
+// Map a URL path to a file inside `root` (a real path: public/ after symlinks), or null
+// when there is none. The resolved path, and its real path, must stay inside `root`.
+function resolveStatic(root, pathname) {
+  let rel;
+  try {
+    rel = decodeURIComponent(pathname);
+  } catch (err) {
+    throw new HttpError(400, 'malformed URL');
+  }
+  if (rel.includes('\0')) throw new HttpError(400, 'malformed URL');
+  const inside = (p, dir) => p === dir || p.startsWith(dir + path.sep);
+  let file = path.resolve(root, '.' + rel);
+  if (!inside(file, root)) return null;
+  try {
+    if (fs.statSync(file).isDirectory()) file = path.join(file, 'index.html');
+    const real = fs.realpathSync(file);
+    if (!inside(real, root) || !fs.statSync(real).isFile()) return null;
+    return real;
+  } catch (err) {
+    return null; // missing file
+  }
+}
+
+// Answer GET or HEAD of `pathname` with the static file it names under `root`.
+function serveStatic(req, res, root, pathname) {
+  if (req.method !== 'GET' && req.method !== 'HEAD') {
+    res.setHeader('allow', 'GET, HEAD');
+    return sendError(res, 405, `method ${req.method} not allowed`);
+  }
+  const file = resolveStatic(root, pathname);
+  if (!file) return sendError(res, 404, `not found: ${pathname}`);
+  res.writeHead(200, {
+    'content-type': contentType(file),
+    'content-length': fs.statSync(file).size,
+    'x-content-type-options': 'nosniff',
+  });
+  if (req.method === 'HEAD') return res.end();
+  fs.createReadStream(file).on('error', () => res.destroy()).pipe(res);
+}
+
 // Listen on $PORT (default 8080) on all interfaces; stop cleanly on signals, after
 // `beforeStop()` (a promise, given at most a second) when one is given.
 function listen(server, name, beforeStop) {
@@ -284,6 +351,9 @@ function serveDev(req, res, pathname, page) {
 }
 
 module.exports = {
+  contentType,
+  resolveStatic,
+  serveStatic,
   HttpError,
   createLogger,
   createHandler,

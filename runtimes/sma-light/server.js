@@ -53,23 +53,6 @@ const KEY_RE = /^[A-Za-z0-9_.=-]{1,128}$/;
 
 const log = common.createLogger({ runtime: 'sma-light' });
 
-const CONTENT_TYPES = {
-  '.html': 'text/html; charset=utf-8',
-  '.js': 'text/javascript; charset=utf-8',
-  '.mjs': 'text/javascript; charset=utf-8',
-  '.css': 'text/css; charset=utf-8',
-  '.json': 'application/json; charset=utf-8',
-  '.txt': 'text/plain; charset=utf-8',
-  '.svg': 'image/svg+xml',
-  '.png': 'image/png',
-  '.jpg': 'image/jpeg',
-  '.jpeg': 'image/jpeg',
-  '.gif': 'image/gif',
-  '.webp': 'image/webp',
-  '.ico': 'image/x-icon',
-  '.woff2': 'font/woff2',
-  '.wasm': 'application/wasm',
-};
 
 // One loaded version: its folder, its worker thread and its requests in flight.
 class Version {
@@ -421,27 +404,6 @@ function choose(req, res) {
   return bucket < percent * 100 ? canary : live;
 }
 
-function resolveStatic(version, pathname) {
-  if (!version.publicReal) return null;
-  let rel;
-  try {
-    rel = decodeURIComponent(pathname);
-  } catch (err) {
-    throw new common.HttpError(400, 'malformed URL');
-  }
-  if (rel.includes('\0')) throw new common.HttpError(400, 'malformed URL');
-  const inside = (p, dir) => p === dir || p.startsWith(dir + path.sep);
-  let file = path.resolve(version.publicReal, '.' + rel);
-  if (!inside(file, version.publicReal)) return null;
-  try {
-    if (fs.statSync(file).isDirectory()) file = path.join(file, 'index.html');
-    const real = fs.realpathSync(file);
-    return inside(real, version.publicReal) && fs.statSync(real).isFile() ? real : null;
-  } catch (err) {
-    return null;
-  }
-}
-
 // A page's or middleware's answer: a string is HTML; { status, headers, body } is sent as
 // given (an object body as JSON).
 function sendAnswer(res, answer) {
@@ -499,19 +461,8 @@ async function serve(version, req, res, url, ctx) {
       return sendAnswer(res, { status: err.status === 504 ? 504 : 500, body: 'internal error' });
     }
   }
-  const file = resolveStatic(version, pathname);
-  if (!file) return common.sendError(res, 404, `not found: ${pathname}`);
-  if (req.method !== 'GET' && req.method !== 'HEAD') {
-    res.setHeader('allow', 'GET, HEAD');
-    return common.sendError(res, 405, `method ${req.method} not allowed`);
-  }
-  const bytes = await fs.promises.readFile(file);
-  res.writeHead(200, {
-    'content-type': CONTENT_TYPES[path.extname(file).toLowerCase()] || 'application/octet-stream',
-    'content-length': bytes.length,
-    'x-content-type-options': 'nosniff',
-  });
-  res.end(req.method === 'HEAD' ? undefined : bytes);
+  if (!version.publicReal) return common.sendError(res, 404, `not found: ${pathname}`);
+  return common.serveStatic(req, res, version.publicReal, pathname);
 }
 
 function status() {

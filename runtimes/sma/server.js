@@ -16,25 +16,6 @@ const publicDir = path.join(appDir, 'public');
 // Method names must be plain identifiers so the client can use them.
 const METHOD_RE = /^[A-Za-z_$][A-Za-z0-9_$]*$/;
 
-const CONTENT_TYPES = {
-  '.html': 'text/html; charset=utf-8',
-  '.js': 'text/javascript; charset=utf-8',
-  '.mjs': 'text/javascript; charset=utf-8',
-  '.css': 'text/css; charset=utf-8',
-  '.json': 'application/json; charset=utf-8',
-  '.map': 'application/json; charset=utf-8',
-  '.txt': 'text/plain; charset=utf-8',
-  '.svg': 'image/svg+xml',
-  '.png': 'image/png',
-  '.jpg': 'image/jpeg',
-  '.jpeg': 'image/jpeg',
-  '.gif': 'image/gif',
-  '.webp': 'image/webp',
-  '.ico': 'image/x-icon',
-  '.woff': 'font/woff',
-  '.woff2': 'font/woff2',
-  '.wasm': 'application/wasm',
-};
 
 // Load service.js (optional: without it the app is static files only).
 function loadService() {
@@ -93,45 +74,6 @@ ${lines.join('\n')}
 `;
 }
 
-// Map a URL path to a file inside public/, or null when there is none.
-// The resolved path (and its real path, after symlinks) must stay inside public/.
-function resolveStatic(pathname) {
-  let rel;
-  try {
-    rel = decodeURIComponent(pathname);
-  } catch (err) {
-    throw new common.HttpError(400, 'malformed URL');
-  }
-  if (rel.includes('\0')) throw new common.HttpError(400, 'malformed URL');
-  const inside = (p, dir) => p === dir || p.startsWith(dir + path.sep);
-  let file = path.resolve(publicDir, '.' + rel);
-  if (!inside(file, publicDir)) return null;
-  try {
-    if (fs.statSync(file).isDirectory()) file = path.join(file, 'index.html');
-    const real = fs.realpathSync(file);
-    if (!inside(real, publicReal) || !fs.statSync(real).isFile()) return null;
-    return real;
-  } catch (err) {
-    return null; // missing file
-  }
-}
-
-function serveStatic(req, res, pathname) {
-  if (req.method !== 'GET' && req.method !== 'HEAD') {
-    res.setHeader('allow', 'GET, HEAD');
-    return common.sendError(res, 405, `method ${req.method} not allowed`);
-  }
-  const file = resolveStatic(pathname);
-  if (!file) return common.sendError(res, 404, `not found: ${pathname}`);
-  res.writeHead(200, {
-    'content-type': CONTENT_TYPES[path.extname(file).toLowerCase()] || 'application/octet-stream',
-    'content-length': fs.statSync(file).size,
-    'x-content-type-options': 'nosniff',
-  });
-  if (req.method === 'HEAD') return res.end();
-  fs.createReadStream(file).on('error', () => res.destroy()).pipe(res);
-}
-
 const methods = loadService();
 // Real parent path, so the symlink check compares like with like.
 const publicReal = fs.existsSync(publicDir) ? fs.realpathSync(publicDir) : null;
@@ -161,7 +103,7 @@ function publicFiles(limit) {
       items.push({
         name: childRel,
         url: index || url,
-        detail: CONTENT_TYPES[path.extname(entry.name).toLowerCase()] || 'application/octet-stream',
+        detail: common.contentType(entry.name),
       });
     }
   };
@@ -224,7 +166,7 @@ const server = http.createServer(common.createHandler(async (req, res, url, ctx)
   }
 
   if (!publicReal) return common.sendError(res, 404, `not found: ${pathname}`);
-  return serveStatic(req, res, pathname);
+  return common.serveStatic(req, res, publicReal, pathname);
 }));
 
 common.listen(server, 'sma');

@@ -31,13 +31,7 @@ impl Stage for BuiltApp {
 
     fn make(&self, cx: &Context, keys: &[CacheKey]) -> Result<Made> {
         let built = build_step::run(cx, cx.installer, &self.script)?;
-        let output = SourceTree::scan(
-            built.path(),
-            &ScanOptions {
-                ignore_files: true,
-                exclude_top: vec!["node_modules".into()],
-            },
-        )?;
+        let output = SourceTree::scan(built.path(), &ScanOptions::app())?;
         Ok(Made {
             layer: app_layer(cx, &output)?.write_to(cx.cache.store())?,
             key: keys[0].clone(),
