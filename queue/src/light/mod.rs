@@ -12,7 +12,11 @@
 pub mod publish;
 pub mod wait;
 
+use async_nats::jetstream::kv;
+use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
+
+use crate::nats::{NatsError, nats_err};
 
 pub use publish::{Published, abort, promote, publish, rollback, versions};
 pub use wait::{Live, instances, wait_live};
@@ -152,4 +156,19 @@ impl Presence {
 /// The `kiln-light` key of an app's version record.
 pub fn version_key(app: &str, version: u64) -> String {
     format!("{app}.versions.{version}")
+}
+
+/// The keys of `store` that start with `prefix`, with that prefix taken off; `what` names
+/// them in an error.
+async fn keys_under(store: &kv::Store, prefix: &str, what: &str) -> Result<Vec<String>, NatsError> {
+    let action = format!("list {what}");
+    let mut keys = store.keys().await.map_err(nats_err(action.clone()))?;
+    let mut found = Vec::new();
+    while let Some(key) = keys.next().await {
+        let key = key.map_err(nats_err(action.clone()))?;
+        if let Some(rest) = key.strip_prefix(prefix) {
+            found.push(rest.to_owned());
+        }
+    }
+    Ok(found)
 }

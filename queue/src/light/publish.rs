@@ -5,7 +5,6 @@
 use async_nats::jetstream::kv::{self, CreateErrorKind, UpdateErrorKind};
 use async_nats::jetstream::object_store::ObjectMetadata;
 use bytes::Bytes;
-use futures_util::StreamExt;
 use kiln_builder::light_bundle::Bundle;
 
 use super::{Canary, Pointer, Target, VersionRecord, version_key};
@@ -208,18 +207,8 @@ async fn upload(queue: &Queue, bundle: &Bundle) -> Result<bool, NatsError> {
 /// The app's version numbers, ascending.
 async fn version_numbers(queue: &Queue, app: &str) -> Result<Vec<u64>, NatsError> {
     let prefix = format!("{app}.versions.");
-    let mut keys = queue
-        .light_pointers
-        .keys()
-        .await
-        .map_err(nats_err("list sma-light versions"))?;
-    let mut numbers = Vec::new();
-    while let Some(key) = keys.next().await {
-        let key = key.map_err(nats_err("list sma-light versions"))?;
-        if let Some(n) = key.strip_prefix(&prefix).and_then(|n| n.parse().ok()) {
-            numbers.push(n);
-        }
-    }
+    let keys = super::keys_under(&queue.light_pointers, &prefix, "sma-light versions").await?;
+    let mut numbers: Vec<u64> = keys.iter().filter_map(|n| n.parse().ok()).collect();
     numbers.sort_unstable();
     Ok(numbers)
 }

@@ -107,20 +107,12 @@ pub async fn wait_live(
 /// The app's instance records as they are now.
 async fn current(queue: &Queue, app: &str) -> Result<Seen, NatsError> {
     let prefix = format!("{app}.");
-    let mut keys = queue
-        .light_instances
-        .keys()
-        .await
-        .map_err(nats_err("list sma-light instances"))?;
+    let names = super::keys_under(&queue.light_instances, &prefix, "sma-light instances").await?;
     let mut seen = Seen::new();
-    while let Some(key) = keys.next().await {
-        let key = key.map_err(nats_err("list sma-light instances"))?;
-        if !key.starts_with(&prefix) {
-            continue;
-        }
+    for name in names {
         if let Some(entry) = queue
             .light_instances
-            .entry(key)
+            .entry(format!("{prefix}{name}"))
             .await
             .map_err(nats_err("read a sma-light instance"))?
         {
