@@ -109,7 +109,7 @@ pub fn publish(args: PublishArgs) -> Result<()> {
     let routes = if args.no_check {
         serde_json::Value::Null
     } else {
-        let routes = light_bundle::check(dir)?;
+        let routes = light_bundle::check(dir, &bundle)?;
         eprintln!("loads: {routes}");
         routes
     };
@@ -119,7 +119,7 @@ pub fn publish(args: PublishArgs) -> Result<()> {
         let published = light::publish(&queue, &args.app, &bundle, routes, args.canary).await?;
         let record = &published.record;
         eprintln!(
-            "{} version {}{}{}",
+            "{} version {}{}: {}",
             args.app,
             record.version,
             if published.uploaded {
@@ -127,10 +127,7 @@ pub fn publish(args: PublishArgs) -> Result<()> {
             } else {
                 " (bundle already stored)"
             },
-            match args.canary {
-                Some(p) => format!(", canary at {p}%"),
-                None => String::new(),
-            }
+            describe(&published.pointer)
         );
         let live = wait(&queue, &args.app, &published.pointer, since, &args.wait).await?;
         if args.json {
@@ -239,14 +236,19 @@ where
     if app.json {
         println!("{}", serde_json::to_string(&pointer)?);
     } else {
-        let canary = pointer
-            .canary
-            .as_ref()
-            .map(|c| format!(", canary {} at {}%", c.version, c.percent))
-            .unwrap_or_default();
-        println!("{} live {}{canary}", app.app, pointer.live.version);
+        println!("{} {}", app.app, describe(&pointer));
     }
     Ok(())
+}
+
+/// What `pointer` holds, in words: `live 3` or `live 3, canary 4 at 10%`.
+fn describe(pointer: &Pointer) -> String {
+    let canary = pointer
+        .canary
+        .as_ref()
+        .map(|c| format!(", canary {} at {}%", c.version, c.percent))
+        .unwrap_or_default();
+    format!("live {}{canary}", pointer.live.version)
 }
 
 /// With --wait, waits for every running instance to serve `pointer` and says how long
@@ -290,4 +292,31 @@ async fn wait(
         );
     }
     Ok(Some(live))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_queue::light::{Canary, Target};
+
+    #[test]
+    fn describe_says_what_the_pointer_holds() {
+        let live = Target {
+            version: 3,
+            digest: "sha256:3".into(),
+        };
+        let mut pointer = Pointer {
+            app: "pages".into(),
+            live,
+            canary: None,
+            previous: None,
+        };
+        assert_eq!(describe(&pointer), "live 3");
+        pointer.canary = Some(Canary {
+            version: 4,
+            digest: "sha256:4".into(),
+            percent: 12.5,
+        });
+        assert_eq!(describe(&pointer), "live 3, canary 4 at 12.5%");
+    }
 }

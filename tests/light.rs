@@ -402,35 +402,81 @@ fn a_version_that_cannot_load_is_refused_at_publish_or_left_unserved() {
     std::fs::remove_file(dir.join("api/broken.js")).unwrap();
     publish(&nats.url, &dir, &[]);
     assert_eq!(version_on(&instance, None), "unchecked");
+
+    // A pointer the KV refuses (a compare-and-set that lost) still reaches subscribers of
+    // its subject: the instance must not take it.
+    let rt = common::tokio_rt();
+    rt.block_on(async {
+        let client = async_nats::connect(&nats.url).await.unwrap();
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Expected-Last-Subject-Sequence", "1");
+        let bogus = serde_json::json!({
+            "app": "pages",
+            "live": { "version": 99, "digest": format!("sha256:{}", "0".repeat(64)) },
+        });
+        let ack = client
+            .request_with_headers("$KV.kiln-light.pages", headers, bogus.to_string().into())
+            .await
+            .unwrap();
+        let ack = String::from_utf8_lossy(&ack.payload).into_owned();
+        assert!(ack.contains("wrong last sequence"), "{ack}");
+    });
+    let until = std::time::Instant::now() + Duration::from_millis(1500);
+    while std::time::Instant::now() < until {
+        let state = instance.get("/kiln/light", &[]).unwrap();
+        let state: serde_json::Value = serde_json::from_str(&state.body).unwrap();
+        assert_eq!(state["live"]["version"], 3, "{state}");
+        assert!(state["failed"].is_null(), "{state}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
 fn a_request_in_flight_finishes_on_the_version_it_started_on() {
     let Setup {
         tmp,
-        image: _,
+        image,
         nats,
         mut instances,
     } = setup(1, "s");
     let instance = instances.remove(0);
+    // The handler says it has started, then waits for the test's go (files in the
+    // instance's /tmp).
     let slow = |label: &str| {
         let dir = variant(tmp.path(), label);
         std::fs::write(
             dir.join("api/slow.js"),
             format!(
-                "module.exports = async () => {{ await new Promise((r) => setTimeout(r, 1500)); return {{ version: {label:?} }}; }};\n"
+                "const fs = require('fs');\n\
+                 module.exports = async () => {{\n\
+                   fs.writeFileSync('/tmp/slow-entered', '');\n\
+                   for (let i = 0; i < 1500 && !fs.existsSync('/tmp/slow-go'); i++) await new Promise((r) => setTimeout(r, 20));\n\
+                   return {{ version: {label:?} }};\n\
+                 }};\n"
             ),
         )
         .unwrap();
         dir
     };
+    let tmp_in_image = image.join("rootfs/tmp");
     publish(&nats.url, &slow("old"), &[]);
     let port = instance.port;
     let in_flight = std::thread::spawn(move || get(port, "/api/slow", &[]).unwrap());
-    // The slow request has reached the old version's worker before the switch.
-    std::thread::sleep(Duration::from_millis(300));
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !tmp_in_image.join("slow-entered").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the slow request never started"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
     publish(&nats.url, &slow("new"), &[]);
     assert_eq!(version_on(&instance, None), "new");
+    assert!(
+        !in_flight.is_finished(),
+        "the request finished before the switch"
+    );
+    std::fs::write(tmp_in_image.join("slow-go"), "").unwrap();
     let reply = in_flight.join().unwrap();
     assert_eq!(reply.status, 200, "{reply:?}");
     assert!(reply.body.contains("\"old\""), "{reply:?}");
@@ -577,19 +623,18 @@ fn a_version_whose_worker_dies_is_started_again() {
     .unwrap();
     publish(&nats.url, &dir, &[]);
     assert_eq!(instance.get("/api/crash", &[]).unwrap().status, 200);
-    // The worker dies after answering; the instance starts the same version again.
+    // The worker dies after answering; the instance starts the same version again, and
+    // requests meanwhile wait for it rather than fail.
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let log = instance.log();
-        if log.contains("starting it again") && version_on(&instance, None) == "fragile" {
-            break;
-        }
+    while !instance.log().contains("starting it again") {
         assert!(
             std::time::Instant::now() < deadline,
-            "not started again:\n{log}"
+            "not started again:\n{}",
+            instance.log()
         );
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(20));
     }
+    assert_eq!(version_on(&instance, None), "fragile", "{}", instance.log());
     let reply = instance.get("/api/version", &[]).unwrap();
     assert_eq!(reply.header("x-kiln-version"), Some("1"));
 }

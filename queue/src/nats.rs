@@ -54,7 +54,7 @@ pub const LIGHT_POINTERS_BUCKET: &str = "kiln-light";
 /// KV of running sma-light instances (`<app>.<instance>`), refreshed by each instance.
 pub const LIGHT_INSTANCES_BUCKET: &str = "kiln-light-instances";
 /// How long an instance's record outlives its last refresh.
-pub const LIGHT_INSTANCES_TTL: Duration = Duration::from_secs(30);
+pub const LIGHT_INSTANCES_TTL: Duration = Duration::from_secs(15);
 /// Object store of sma-light bundles, named `sha256-<hex>`.
 pub const BUNDLES_BUCKET: &str = "kiln-bundles";
 /// Work-queue stream keeping the max-deliveries advisories of `kiln-workers`.

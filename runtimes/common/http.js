@@ -9,6 +9,7 @@
 const crypto = require('crypto');
 const fs = require('fs');
 const path = require('path');
+const { pipeline } = require('stream');
 
 const MAX_BODY_BYTES = 1024 * 1024; // 1 MiB is plenty for JSON params
 
@@ -217,7 +218,8 @@ function serveStatic(req, res, root, pathname) {
     'x-content-type-options': 'nosniff',
   });
   if (req.method === 'HEAD') return res.end();
-  fs.createReadStream(file).on('error', () => res.destroy()).pipe(res);
+  // pipeline closes the file when the client goes away mid-download.
+  pipeline(fs.createReadStream(file), res, () => {});
 }
 
 // Listen on $PORT (default 8080) on all interfaces; stop cleanly on signals, after

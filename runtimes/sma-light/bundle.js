@@ -14,10 +14,18 @@
 const crypto = require('crypto');
 const fs = require('fs');
 const path = require('path');
+const { promisify } = require('util');
 const zlib = require('zlib');
 
+const gunzip = promisify(zlib.gunzip);
+
 const FORMAT = 'kiln-light-bundle/1';
+// Limits, the same as `kiln publish` packs under (builder/src/light_bundle.rs).
 const MAX_BUNDLE_BYTES = 64 * 1024 * 1024;
+const MAX_UNPACKED_BYTES = 128 * 1024 * 1024;
+const MAX_FILES = 20000;
+const MAX_PATH_BYTES = 1024;
+const MAX_PATH_PARTS = 64;
 const DIGEST_RE = /^sha256:[0-9a-f]{64}$/;
 const SKIP_DIRS = new Set(['node_modules', '.git']);
 const MODULE_RE = /\.(js|mjs|cjs)$/;
@@ -33,24 +41,30 @@ function checkPath(rel) {
     || parts.some((p) => p === '' || p === '.' || p === '..')) {
     throw new Error(`bundle path ${JSON.stringify(rel)} is not a plain relative path`);
   }
+  if (Buffer.byteLength(rel) > MAX_PATH_BYTES || parts.length > MAX_PATH_PARTS) {
+    throw new Error(`bundle path ${JSON.stringify(rel.slice(0, 80))}… is longer than ${MAX_PATH_BYTES} bytes or ${MAX_PATH_PARTS} parts`);
+  }
   return rel;
 }
 
-// The files of a bundle's bytes, checked against `digest`: Map<path, Buffer>.
-function decode(bytes, digest) {
+// The files of a bundle's bytes, checked against `digest` and the limits: Map<path, Buffer>.
+// Unzipped off the main thread, so serving goes on meanwhile.
+async function decode(bytes, digest) {
   if (!DIGEST_RE.test(digest)) throw new Error(`bad bundle digest ${JSON.stringify(digest)}`);
   if (bytes.length > MAX_BUNDLE_BYTES) throw new Error(`bundle ${digest} is over ${MAX_BUNDLE_BYTES} bytes`);
   const actual = digestOf(bytes);
   if (actual !== digest) throw new Error(`bundle ${digest} does not match its bytes (${actual})`);
   let doc;
   try {
-    doc = JSON.parse(zlib.gunzipSync(bytes, { maxOutputLength: 4 * MAX_BUNDLE_BYTES }).toString('utf8'));
+    doc = JSON.parse((await gunzip(bytes, { maxOutputLength: MAX_UNPACKED_BYTES })).toString('utf8'));
   } catch (err) {
-    throw new Error(`bundle ${digest} is not a kiln bundle: ${err.message}`);
+    throw new Error(`bundle ${digest} is not a kiln bundle (or unpacks to over ${MAX_UNPACKED_BYTES} bytes): ${err.message}`);
   }
-  if (!doc || doc.format !== FORMAT || typeof doc.files !== 'object') {
+  if (!doc || doc.format !== FORMAT || !doc.files || typeof doc.files !== 'object') {
     throw new Error(`bundle ${digest} is not in format ${FORMAT}`);
   }
+  const count = Object.keys(doc.files).length;
+  if (count > MAX_FILES) throw new Error(`bundle ${digest} holds ${count} files, over ${MAX_FILES}`);
   const files = new Map();
   for (const [rel, b64] of Object.entries(doc.files)) {
     files.set(checkPath(rel), Buffer.from(String(b64), 'base64'));
@@ -64,22 +78,26 @@ function decode(bytes, digest) {
 // nothing when `dir` exists.
 function extract(files, dir, nodeModules) {
   if (fs.existsSync(dir)) return;
-  const scratch = `${dir}.part-${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
-  for (const [rel, bytes] of files) {
-    if (rel === 'node_modules' || rel.startsWith('node_modules/')) continue;
-    const file = path.join(scratch, ...rel.split('/'));
-    fs.mkdirSync(path.dirname(file), { recursive: true });
-    fs.writeFileSync(file, bytes);
-  }
-  fs.mkdirSync(scratch, { recursive: true });
-  if (nodeModules && fs.existsSync(nodeModules)) fs.symlinkSync(nodeModules, path.join(scratch, 'node_modules'));
+  const scratch = `${dir}${PART}${process.pid}-${crypto.randomBytes(4).toString('hex')}`;
   try {
+    for (const [rel, bytes] of files) {
+      if (rel === 'node_modules' || rel.startsWith('node_modules/')) continue;
+      const file = path.join(scratch, ...rel.split('/'));
+      fs.mkdirSync(path.dirname(file), { recursive: true });
+      fs.writeFileSync(file, bytes);
+    }
+    fs.mkdirSync(scratch, { recursive: true });
+    if (nodeModules && fs.existsSync(nodeModules)) fs.symlinkSync(nodeModules, path.join(scratch, 'node_modules'));
     fs.renameSync(scratch, dir);
   } catch (err) {
-    fs.rmSync(scratch, { recursive: true, force: true });
     if (!fs.existsSync(dir)) throw err;
+  } finally {
+    fs.rmSync(scratch, { recursive: true, force: true });
   }
 }
+
+// Marks a folder that extract() was writing (left behind only by a crash).
+const PART = '.part-';
 
 // Every file under `dir`, as sorted '/'-separated relative paths (node_modules and .git
 // left out).
@@ -123,4 +141,4 @@ function routes(dir) {
   return { pages, api, middleware, statics };
 }
 
-module.exports = { FORMAT, DIGEST_RE, digestOf, decode, extract, walk, routes };
+module.exports = { FORMAT, DIGEST_RE, MAX_BUNDLE_BYTES, PART, digestOf, decode, extract, walk, routes };

@@ -803,6 +803,7 @@ async function objectGet(nc, bucket, name, opts = {}) {
   }
   const chunks = Number(info.chunks) || 0;
   const size = Number(info.size) || 0;
+  if (opts.maxBytes && size > opts.maxBytes) throw new Error(`${what}: ${size} bytes, over the ${opts.maxBytes} taken`);
   const chunkSubject = `$O.${bucket}.C.${info.nuid}`;
   const hash = crypto.createHash('sha256');
   const parts = [];

@@ -31,13 +31,13 @@
 // `kiln publish` runs before it publishes).
 
 const crypto = require('crypto');
-const fs = require('fs');
 const http = require('http');
 const os = require('os');
 const path = require('path');
-const { Worker } = require('worker_threads');
 const common = require('../common/http.js');
 const bundle = require('./bundle.js');
+const { BundleCache } = require('./cache.js');
+const { Version } = require('./version.js');
 // The NATS client is loaded only when an instance connects (--check and a lone instance
 // need none).
 const nats = process.env.KILN_NATS ? require('./nats.js') : null;
@@ -45,217 +45,77 @@ const nats = process.env.KILN_NATS ? require('./nats.js') : null;
 const POINTERS_BUCKET = 'kiln-light';
 const INSTANCES_BUCKET = 'kiln-light-instances';
 const BUNDLES_BUCKET = 'kiln-bundles';
-const LOAD_TIMEOUT_MS = 15000;
-const CALL_TIMEOUT_MS = Number(process.env.KILN_LIGHT_TIMEOUT_MS || 60000);
 const HEARTBEAT_MS = Number(process.env.KILN_LIGHT_HEARTBEAT_MS || 3000);
 const KEY_COOKIE = 'kiln-key';
 const KEY_RE = /^[A-Za-z0-9_.=-]{1,128}$/;
 
 const log = common.createLogger({ runtime: 'sma-light' });
 
-
-// One loaded version: its folder, its worker thread and its requests in flight.
-class Version {
-  constructor(number, digest, dir) {
-    this.number = number;
-    this.digest = digest;
-    this.dir = dir;
-    this.publicReal = null;
-    this.routes = null;
-    this.inflight = 0;
-    this.retired = false;
-    this.pending = new Map();
-    this.nextId = 0;
-    this.worker = null;
-  }
-
-  // Starts the worker; resolves once every module loaded and a health call came back.
-  async start() {
-    this.worker = new Worker(path.join(__dirname, 'worker.js'), {
-      workerData: { dir: this.dir, version: this.number },
-    });
-    const loaded = new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`did not load within ${LOAD_TIMEOUT_MS} ms`)), LOAD_TIMEOUT_MS);
-      this.worker.on('message', (msg) => {
-        if (msg.type === 'loaded') { clearTimeout(timer); resolve(msg.routes); }
-        else if (msg.type === 'failed') { clearTimeout(timer); reject(new Error(msg.error)); }
-        else this.answer(msg);
-      });
-      this.worker.on('error', (err) => { clearTimeout(timer); reject(err); this.fail(err); });
-      this.worker.on('exit', (code) => {
-        clearTimeout(timer);
-        reject(new Error(`worker exited with code ${code}`));
-        this.worker = null;
-        this.fail(new Error(`version ${this.number} stopped (worker exit ${code})`));
-        if (this.onExit) this.onExit(code);
-      });
-    });
-    try {
-      const routes = await loaded;
-      this.routes = { pages: new Set(routes.pages), api: new Set(routes.api), middleware: routes.middleware, statics: routes.statics };
-      await this.call('health', null, null, null);
-    } catch (err) {
-      this.release();
-      throw err;
-    }
-    const publicDir = path.join(this.dir, 'public');
-    this.publicReal = fs.existsSync(publicDir) ? fs.realpathSync(publicDir) : null;
-    return this;
-  }
-
-  // Calls into the version's worker; a call not answered within CALL_TIMEOUT_MS fails (504),
-  // so that a handler that never answers cannot hold an old version forever.
-  call(kind, name, params, request) {
-    if (!this.worker) return Promise.reject(new Error(`version ${this.number} is not running`));
-    const id = ++this.nextId;
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.pending.delete(id);
-        reject(new common.HttpError(504, `${kind} ${name || ''} did not answer within ${CALL_TIMEOUT_MS} ms`));
-      }, CALL_TIMEOUT_MS);
-      const done = (f) => (value) => { clearTimeout(timer); f(value); };
-      this.pending.set(id, { resolve: done(resolve), reject: done(reject) });
-      this.worker.postMessage({ id, kind, name, params, request });
-    });
-  }
-
-  answer(msg) {
-    const waiter = this.pending.get(msg.id);
-    if (!waiter) return;
-    this.pending.delete(msg.id);
-    if (msg.ok) return waiter.resolve(msg.result);
-    const err = new Error(msg.error.message);
-    err.name = msg.error.name;
-    err.status = msg.error.status;
-    err.stack = msg.error.stack;
-    waiter.reject(err);
-  }
-
-  fail(err) {
-    for (const waiter of this.pending.values()) waiter.reject(err);
-    this.pending.clear();
-  }
-
-  // No new requests come; the worker ends when the last one in flight is done.
-  retire() {
-    this.retired = true;
-    if (this.inflight === 0) this.release();
-  }
-
-  release() {
-    if (!this.worker) return;
-    const worker = this.worker;
-    this.worker = null;
-    worker.removeAllListeners('exit');
-    worker.terminate().catch(() => {});
-    this.fail(new Error(`version ${this.number} was released`));
-    this.onExit = null;
-  }
-
-  summary() {
-    return { version: this.number, digest: this.digest };
-  }
-}
-
-// What this instance serves, swapped as a whole.
-let state = { live: null, canary: null, percent: 0 };
-let failed = null; // { version, digest, error } of the last version that failed to load
-let switched = null; // { version, fetched, ms } of the last switch
-let nc = null;
 // On Knative the Service is named after the app, and K_SERVICE carries it.
 const app = process.env.KILN_APP || process.env.K_SERVICE || path.basename(process.cwd());
 const instance = (process.env.KILN_INSTANCE || `${os.hostname()}-${process.pid}`).replace(/[^A-Za-z0-9_=-]/g, '-');
-const cacheDir = process.env.KILN_LIGHT_CACHE || path.join(os.tmpdir(), 'kiln-light', instance);
-const keep = Math.max(2, Number(process.env.KILN_LIGHT_KEEP || 20));
 const dev = process.env.KILN_DEV === '1';
 
-// --- bundles: from the cache, else from the object store ---
+// What this instance serves, swapped as a whole.
+let state = { live: null, canary: null, percent: 0 };
+let applied = 0; // the KV revision of the pointer `state` comes from (0: none)
+let failed = null; // { version, digest, error, revision, retry } of the last version that did not load
+let switched = null; // { version, fetched, ms } of the last switch
+const draining = new Set(); // retired versions with requests still in flight
+let nc = null;
+let stopping = false;
 
-async function bundleDir(digest) {
-  const hex = digest.slice('sha256:'.length);
-  const dir = path.join(cacheDir, 'v', hex);
-  const file = path.join(cacheDir, 'bundles', `${hex}.bundle`);
-  let bytes = null;
-  let fetched = false;
-  try {
-    bytes = fs.readFileSync(file);
-  } catch (err) {
-    if (!nc) throw new Error(`bundle ${digest} is not cached and NATS is not connected`);
-    bytes = await nats.objectGet(nc, BUNDLES_BUCKET, `sha256-${hex}`);
-    if (!bytes) throw new Error(`bundle ${digest} is not in object store ${BUNDLES_BUCKET}`);
-    fetched = true;
-  }
-  const files = bundle.decode(bytes, digest); // checks the digest, also of a cached copy
-  if (fetched) {
-    fs.mkdirSync(path.dirname(file), { recursive: true });
-    fs.writeFileSync(`${file}.part`, bytes);
-    fs.renameSync(`${file}.part`, file);
-  } else {
-    const now = new Date();
-    fs.utimesSync(file, now, now); // most recently used
-  }
-  bundle.extract(files, dir, path.join(process.cwd(), 'node_modules'));
-  return { dir, fetched };
-}
-
-// Drops cached bundles beyond the newest `keep` (never one in use).
-function pruneCache() {
-  const bundlesDir = path.join(cacheDir, 'bundles');
-  let names;
-  try {
-    names = fs.readdirSync(bundlesDir).filter((n) => n.endsWith('.bundle'));
-  } catch (err) {
-    return;
-  }
-  const inUse = new Set([state.live, state.canary].filter(Boolean).map((v) => v.digest.slice(7)));
-  const byAge = names
-    .map((n) => ({ hex: n.slice(0, -'.bundle'.length), at: fs.statSync(path.join(bundlesDir, n)).mtimeMs }))
-    .sort((a, b) => b.at - a.at);
-  for (const { hex } of byAge.slice(keep)) {
-    if (inUse.has(hex)) continue;
-    fs.rmSync(path.join(bundlesDir, `${hex}.bundle`), { force: true });
-    fs.rmSync(path.join(cacheDir, 'v', hex), { recursive: true, force: true });
-  }
-}
-
-async function loadVersion(number, digest) {
-  const started = Date.now();
-  const { dir, fetched } = await bundleDir(digest);
-  const version = await startVersion(number, digest, dir);
-  return { version, fetched, ms: Date.now() - started };
-}
-
-// Starts a version whose worker, should it die (a crash outside any handler, out of
-// memory), is started again in its place.
-async function startVersion(number, digest, dir) {
-  const version = await new Version(number, digest, dir).start();
-  version.onExit = (code) => {
-    log.error(`version ${number}'s worker stopped (exit ${code}); starting it again`);
-    event({ kind: 'light.restarted', version: number, digest, code });
-    startVersion(number, digest, dir).then((fresh) => {
-      if (state.live === version) state = { ...state, live: fresh };
-      else if (state.canary === version) state = { ...state, canary: fresh };
-      else fresh.release();
-    }).catch((err) => log.error(`version ${number} did not start again`, { error: err.message }));
-  };
-  return version;
-}
+const cache = new BundleCache(
+  process.env.KILN_LIGHT_CACHE || path.join(os.tmpdir(), 'kiln-light', instance),
+  Math.max(2, Number(process.env.KILN_LIGHT_KEEP || 20)),
+  path.join(process.cwd(), 'node_modules'),
+  async (digest) => {
+    // A fetch that fails (NATS away, a timeout) is tried again later; a bundle that does
+    // not load is not.
+    try {
+      if (!nc) throw new Error('NATS is not connected');
+      return await nats.objectGet(nc, BUNDLES_BUCKET, `sha256-${digest.slice('sha256:'.length)}`, { maxBytes: bundle.MAX_BUNDLE_BYTES });
+    } catch (err) {
+      err.retry = true;
+      throw err;
+    }
+  },
+);
 
 // --- switching ---
 
-let wanted = null;
+function newVersion(number, digest, dir) {
+  const heard = (fields) => {
+    if (fields.kind === 'light.restarted') {
+      log.error(`version ${number}'s worker stopped (exit ${fields.code}); starting it again`, { crashes: fields.crashes });
+    } else if (fields.kind === 'light.restart-failed') {
+      log.error(`version ${number} did not start again`, { error: fields.error });
+    }
+    event(fields);
+  };
+  return new Version(number, digest, dir, heard).start();
+}
+
+async function loadVersion(target) {
+  const started = Date.now();
+  const { dir, fetched } = await cache.open(target.digest);
+  const version = await newVersion(target.version, target.digest, dir);
+  return { version, fetched, ms: Date.now() - started };
+}
+
+let offered = null; // the newest pointer entry waiting to be applied
 let applying = Promise.resolve();
 
-// Asks for the pointer `pointer` to be applied; pointers that arrive while one is loading
-// are coalesced to the newest.
-function want(pointer) {
-  wanted = pointer;
-  // A failed apply must not stop the ones after it.
-  applying = applying.catch((err) => log.error('switch failed', { error: err.stack || String(err) })).then(() => {
-    const next = wanted;
-    wanted = null;
-    return next ? apply(next) : undefined;
-  });
+// Takes a pointer entry ({ pointer, revision }, as read from the KV) to apply; one newer
+// than what is served and than what waits replaces what waits, so switches never go back.
+function offer(entry) {
+  if (entry.revision <= applied || (offered && entry.revision <= offered.revision)) return applying;
+  offered = entry;
+  applying = applying.then(async () => {
+    const next = offered;
+    offered = null;
+    if (next && next.revision > applied) await apply(next);
+  }).catch((err) => log.error('switch failed', { error: err.stack || String(err) }));
   return applying;
 }
 
@@ -263,17 +123,18 @@ function sameVersion(have, want) {
   return have && want && have.digest === want.digest && have.number === want.version;
 }
 
-// Loads what `pointer` names (reusing what is loaded already), then swaps it in whole.
-async function apply(pointer) {
+// Loads what the pointer names (reusing what is loaded already), then swaps it in whole.
+async function apply({ pointer, revision }) {
   const started = Date.now();
   if (!pointer || !pointer.live || !bundle.DIGEST_RE.test(pointer.live.digest)) {
     log.warn('ignoring a pointer without a live version', { pointer });
+    applied = revision;
     return;
   }
   const loaded = [];
   const load = async (target) => {
     for (const have of [state.live, state.canary]) if (sameVersion(have, target)) return { version: have, fetched: false };
-    const got = await loadVersion(target.version, target.digest);
+    const got = await loadVersion(target);
     loaded.push(got.version);
     return got;
   };
@@ -285,7 +146,7 @@ async function apply(pointer) {
   } catch (err) {
     for (const v of loaded) v.release();
     const target = pointer.canary && live ? pointer.canary : pointer.live;
-    failed = { version: target.version, digest: target.digest, error: err.message };
+    failed = { version: target.version, digest: target.digest, error: err.message, revision, retry: Boolean(err.retry) };
     log.error(`version ${target.version} failed to load; still serving version ${state.live && state.live.number}`, { error: err.message });
     event({ kind: 'light.failed', version: target.version, digest: target.digest, error: err.message });
     await presence();
@@ -297,18 +158,23 @@ async function apply(pointer) {
     canary: canary ? canary.version : null,
     percent: canary ? Math.min(100, Math.max(0, Number(pointer.canary.percent) || 0)) : 0,
   };
+  applied = revision;
   failed = null;
   switched = { version: state.live.number, fetched: live.fetched || Boolean(canary && canary.fetched), ms: Date.now() - started };
   for (const old of [before.live, before.canary]) {
-    if (old && old !== state.live && old !== state.canary) old.retire();
+    if (old && old !== state.live && old !== state.canary) {
+      old.retire();
+      if (!old.released) draining.add(old);
+    }
   }
   log.info(`serving version ${state.live.number}${state.canary ? `, canary ${state.canary.number} at ${state.percent}%` : ''}`, switched);
   event({ kind: 'light.live', ...switched, digest: state.live.digest, canary: state.canary && state.canary.summary(), percent: state.percent });
   await presence();
-  pruneCache();
+  for (const v of draining) if (v.released) draining.delete(v);
+  cache.prune(new Set([state.live, state.canary, ...draining].filter(Boolean).map((v) => v.digest)));
 }
 
-// --- NATS: pointer watch, presence, events ---
+// --- NATS: pointer, presence, events ---
 
 function presenceRecord() {
   return {
@@ -317,14 +183,14 @@ function presenceRecord() {
     pid: process.pid,
     live: state.live && state.live.summary(),
     canary: state.canary && { ...state.canary.summary(), percent: state.percent },
-    failed,
+    failed: failed && { version: failed.version, digest: failed.digest, error: failed.error },
     switched,
     at: new Date().toISOString(),
   };
 }
 
 async function presence() {
-  if (!nc) return;
+  if (!nc || stopping) return;
   try {
     await nats.kvPut(nc, INSTANCES_BUCKET, `${app}.${instance}`, JSON.stringify(presenceRecord()));
   } catch (err) {
@@ -341,10 +207,37 @@ function event(fields) {
   }
 }
 
+// The app's pointer as the KV holds it ({ pointer, revision }), or null when there is none
+// (or no bucket yet: any kiln command that connects makes it).
 async function readPointer() {
-  const entry = await nats.kvGet(nc, POINTERS_BUCKET, app);
+  let entry;
+  try {
+    entry = await nats.kvGet(nc, POINTERS_BUCKET, app);
+  } catch (err) {
+    if (/stream not found/i.test(err.message)) return null;
+    throw err;
+  }
   if (!entry || entry.operation !== 'PUT') return null;
-  return JSON.parse(entry.value.toString('utf8'));
+  try {
+    return { pointer: JSON.parse(entry.value.toString('utf8')), revision: entry.revision };
+  } catch (err) {
+    log.warn('ignoring a pointer that is not JSON', { error: err.message });
+    return null;
+  }
+}
+
+// Reads the pointer and applies it when it is newer than what is served; a version that
+// did not load is tried again only when its fetch failed.
+async function reconcile() {
+  if (!nc || stopping) return;
+  try {
+    const entry = await readPointer();
+    if (!entry || entry.revision <= applied) return;
+    if (failed && failed.revision === entry.revision && !failed.retry) return;
+    await offer(entry);
+  } catch (err) {
+    log.warn(`cannot read the pointer of ${app}: ${err.message}`);
+  }
 }
 
 function natsOptions() {
@@ -360,21 +253,15 @@ function natsOptions() {
 
 async function connectNats() {
   nc = await nats.connect(natsOptions());
-  nats.kvWatch(nc, POINTERS_BUCKET, app, (entry) => {
-    if (entry.operation !== 'PUT') return;
-    let pointer;
-    try {
-      pointer = JSON.parse(entry.value.toString('utf8'));
-    } catch (err) {
-      return log.warn('ignoring a pointer that is not JSON', { error: err.message });
-    }
-    want(pointer).catch((err) => log.error('switch failed', { error: err.stack || String(err) }));
-  });
+  // A change published on the key is only a hint: the KV may have refused it (a
+  // compare-and-set that lost), so the pointer is read back before it is applied.
+  nats.kvWatch(nc, POINTERS_BUCKET, app, () => { reconcile(); });
+  nc.on('error', (err) => log.warn(`NATS: ${err.message}`));
   nc.on('disconnect', () => log.warn('NATS connection lost; reconnecting'));
   nc.on('reconnect', () => {
     log.info('NATS reconnected; reading the pointer again');
-    // Updates made while disconnected were missed: read the pointer again.
-    readPointer().then((p) => p && want(p)).catch((err) => log.warn('pointer re-read failed', { error: err.message }));
+    // Changes made while disconnected were missed.
+    reconcile();
     presence();
   });
   await nc.flush();
@@ -516,46 +403,57 @@ async function check(dir) {
   }
 }
 
-// The pointer, or null when there is none yet (or the bucket is not made yet: any kiln
-// command that connects makes it).
-async function readPointerOrNull() {
-  try {
-    return await readPointer();
-  } catch (err) {
-    log.warn(`cannot read the pointer of ${app}: ${err.message}`);
-    return null;
+// Reads the pointer at start, trying again while NATS answers with errors (a leader
+// election) for up to the NATS timeout.
+async function firstPointer() {
+  const deadline = Date.now() + natsOptions().timeoutMs;
+  for (;;) {
+    try {
+      return await readPointer();
+    } catch (err) {
+      if (Date.now() > deadline) {
+        log.warn(`cannot read the pointer of ${app}: ${err.message}; serving the image's version, and trying again`);
+        return null;
+      }
+      await new Promise((r) => setTimeout(r, 250));
+    }
   }
 }
 
 async function main() {
-  let pointer = null;
+  let entry = null;
   if (process.env.KILN_NATS) {
     try {
       await connectNats();
-      pointer = await readPointerOrNull();
+      entry = await firstPointer();
     } catch (err) {
       log.error(`NATS: ${err.message}; serving the image's version, and trying again`);
       nc = null;
       setTimeout(function retry() {
-        connectNats().then(() => readPointerOrNull()).then((p) => p && want(p)).then(presence)
+        connectNats().then(reconcile).then(presence)
           .catch((e) => { nc = null; log.warn(`NATS: ${e.message}`); setTimeout(retry, 2000); });
       }, 2000);
     }
   }
-  if (pointer) await want(pointer);
+  if (entry) await offer(entry);
   if (!state.live) {
-    if (pointer) log.warn('the published version did not load: serving the image\'s version');
-    state = { live: await startVersion(0, 'image', process.cwd()), canary: null, percent: 0 };
+    if (entry) log.warn('the published version did not load: serving the image\'s version');
+    const image = await newVersion(0, 'image', process.cwd());
+    // A pointer may have been applied while the image's version loaded.
+    if (state.live) image.release();
+    else state = { live: image, canary: null, percent: 0 };
   }
   const server = http.createServer(handler);
   // Stopping (SIGTERM): the presence record goes first, so that a waiting publish stops
-  // counting this instance at once.
+  // counting this instance at once, and is not written again.
   common.listen(server, 'sma-light', async () => {
+    stopping = true;
     if (nc) await nats.kvDelete(nc, INSTANCES_BUCKET, `${app}.${instance}`);
   });
   log.info(`serving version ${state.live.number}`, { app, instance });
   await presence();
-  setInterval(presence, HEARTBEAT_MS).unref();
+  // The heartbeat refreshes the presence record and catches a pointer change missed.
+  setInterval(() => { presence(); reconcile(); }, HEARTBEAT_MS).unref();
 }
 
 if (process.argv[2] === '--check') {

@@ -34,7 +34,9 @@ pub struct Published {
 }
 
 /// Stores `bundle` (unless the store has it), records it as the app's next version and
-/// points the app at it: all traffic, or `canary` percent of the sticky keys.
+/// points the app at it: all traffic, or `canary` percent of the sticky keys. A canary
+/// needs a live version beside it: on an app's first publish it is refused before anything
+/// is uploaded or recorded.
 pub async fn publish(
     queue: &Queue,
     app: &str,
@@ -50,6 +52,9 @@ pub async fn publish(
             "a canary takes between 0 and 100 percent, not {p}"
         )));
     }
+    if canary.is_some() && pointer(queue, app).await?.is_none() {
+        return Err(no_live_yet(app));
+    }
     let uploaded = upload(queue, bundle).await?;
     let record = reserve(queue, app, bundle, routes).await?;
     let target = Target {
@@ -57,34 +62,46 @@ pub async fn publish(
         digest: record.digest.clone(),
     };
     let pointer = change(queue, app, |current| {
-        Ok(match (current, canary) {
-            (None, _) => Pointer {
-                app: app.into(),
-                live: target.clone(),
-                canary: None,
-                previous: None,
-            },
-            (Some(p), Some(percent)) => Pointer {
-                canary: Some(Canary {
-                    version: target.version,
-                    digest: target.digest.clone(),
-                    percent,
-                }),
-                ..p
-            },
-            (Some(p), None) => Pointer {
-                app: app.into(),
-                previous: Some(p.live),
-                live: target.clone(),
-                canary: None,
-            },
-        })
+        next_pointer(app, current, &target, canary)
     })
     .await?;
     Ok(Published {
         record,
         pointer,
         uploaded,
+    })
+}
+
+/// The pointer after publishing `target` over `current`: live for all traffic, or (with a
+/// live version already) its canary at `canary` percent.
+fn next_pointer(
+    app: &str,
+    current: Option<Pointer>,
+    target: &Target,
+    canary: Option<f64>,
+) -> Result<Pointer, LightError> {
+    Ok(match (current, canary) {
+        (None, Some(_)) => return Err(no_live_yet(app)),
+        (None, None) => Pointer {
+            app: app.into(),
+            live: target.clone(),
+            canary: None,
+            previous: None,
+        },
+        (Some(p), Some(percent)) => Pointer {
+            canary: Some(Canary {
+                version: target.version,
+                digest: target.digest.clone(),
+                percent,
+            }),
+            ..p
+        },
+        (Some(p), None) => Pointer {
+            app: app.into(),
+            previous: Some(p.live),
+            live: target.clone(),
+            canary: None,
+        },
     })
 }
 
@@ -176,6 +193,12 @@ pub async fn abort(queue: &Queue, app: &str) -> Result<Pointer, LightError> {
 
 fn no_versions(app: &str) -> LightError {
     LightError::Refused(format!("{app} has no published version"))
+}
+
+fn no_live_yet(app: &str) -> LightError {
+    LightError::Refused(format!(
+        "{app} has no live version yet: publish without --canary first"
+    ))
 }
 
 fn no_canary(app: &str) -> LightError {
@@ -302,5 +325,42 @@ async fn change(
         if done {
             return Ok(wanted);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(version: u64) -> Target {
+        Target {
+            version,
+            digest: format!("sha256:{version:064}"),
+        }
+    }
+
+    #[test]
+    fn a_first_publish_is_live_and_a_first_canary_is_refused() {
+        let first = next_pointer("pages", None, &target(1), None).unwrap();
+        assert_eq!(first.live, target(1));
+        assert_eq!((first.canary, first.previous), (None, None));
+        let err = next_pointer("pages", None, &target(1), Some(10.0)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "pages has no live version yet: publish without --canary first"
+        );
+    }
+
+    #[test]
+    fn later_publishes_go_live_or_ride_beside_the_live_version_as_a_canary() {
+        let live = next_pointer("pages", None, &target(1), None).unwrap();
+        let canary = next_pointer("pages", Some(live.clone()), &target(2), Some(10.0)).unwrap();
+        assert_eq!(canary.live, target(1));
+        assert_eq!(canary.canary.as_ref().map(Canary::target), Some(target(2)));
+        assert_eq!(canary.canary.as_ref().map(|c| c.percent), Some(10.0));
+        let next = next_pointer("pages", Some(canary), &target(3), None).unwrap();
+        assert_eq!(next.live, target(3));
+        assert_eq!(next.previous, Some(target(1)));
+        assert_eq!(next.canary, None);
     }
 }

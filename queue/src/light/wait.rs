@@ -12,8 +12,9 @@ use super::publish::LightError;
 use super::{Failed, Pointer, Presence};
 use crate::nats::{NatsError, Queue, nats_err};
 
-/// An instance whose record was not refreshed for this long is taken as gone (instances
-/// refresh every 3 s; the record itself expires after `LIGHT_INSTANCES_TTL`).
+/// While waiting, an instance whose record was not refreshed for this long (by the NATS
+/// server's clock) is taken as gone: instances refresh every 3 s. Records of stopped
+/// instances are deleted as they stop, or expire after `LIGHT_INSTANCES_TTL` on the server.
 pub const STALE: Duration = Duration::from_secs(10);
 
 /// How a wait ended.
@@ -28,14 +29,55 @@ pub struct Live {
     pub failed: Vec<(String, Failed)>,
 }
 
-/// Each instance's record, with when it was written (ms since the Unix epoch).
+/// Each instance's record, with when the server stored it (ms since the Unix epoch).
 type Seen = BTreeMap<String, (Presence, i128)>;
 
-/// The app's running instances (records refreshed within [`STALE`]).
+/// The app's running instances: the records in the bucket. Records of instances that stop
+/// are deleted, and the server expires those of instances that die (the bucket's max age),
+/// so no local clock is consulted.
 pub async fn instances(queue: &Queue, app: &str) -> Result<Vec<Presence>, NatsError> {
-    let mut seen = current(queue, app).await?;
-    prune(&mut seen);
+    let seen = current(queue, app).await?;
     Ok(seen.into_values().map(|(p, _)| p).collect())
+}
+
+/// The NATS server's clock, read off an entry it stored: the entry's time plus the local
+/// time passed since it was read. Records' ages are measured against it, never against the
+/// local wall clock, which may be off by any amount.
+#[derive(Clone, Copy, Debug)]
+struct ServerClock {
+    /// A server time, ms since the Unix epoch.
+    at_ms: i128,
+    /// When (locally, monotonic) that time was current.
+    read: Instant,
+}
+
+impl ServerClock {
+    /// The server's clock, from the app's pointer entry, just written by the command that
+    /// waits (its time is at most the latency behind the server's now, so records age no
+    /// faster than they do); the local clock if the pointer is gone (nothing deletes it).
+    async fn from_pointer(queue: &Queue, app: &str) -> Result<Self, NatsError> {
+        let read = Instant::now();
+        let entry = queue
+            .light_pointers
+            .entry(app)
+            .await
+            .map_err(nats_err("read the sma-light pointer"))?;
+        let at_ms = match entry {
+            Some(e) => stored_ms(&e),
+            None => {
+                tracing::warn!("{app} has no pointer: instance ages by the local clock");
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis() as i128)
+            }
+        };
+        Ok(Self { at_ms, read })
+    }
+
+    /// The server's time now, ms since the Unix epoch.
+    fn now_ms(&self) -> i128 {
+        self.at_ms + self.read.elapsed().as_millis() as i128
+    }
 }
 
 /// Waits until every running instance of `app` serves `pointer`, or one reports that it
@@ -55,9 +97,10 @@ pub async fn wait_live(
         .map_err(nats_err("watch sma-light instances"))?;
     // Reports made before the watch started are in the records.
     let mut seen = current(queue, app).await?;
+    let clock = ServerClock::from_pointer(queue, app).await?;
     let deadline = since + timeout;
     loop {
-        prune(&mut seen);
+        prune(&mut seen, clock.now_ms());
         let failed: Vec<(String, Failed)> = seen
             .iter()
             .filter_map(|(name, (p, _))| Some((name.clone(), p.failed_on(pointer)?.clone())))
@@ -127,7 +170,7 @@ fn note(seen: &mut Seen, entry: kv::Entry) {
     match entry.operation {
         Operation::Put => match serde_json::from_slice::<Presence>(&entry.value) {
             Ok(p) => {
-                let at = entry.created.unix_timestamp_nanos() / 1_000_000;
+                let at = stored_ms(&entry);
                 seen.insert(entry.key, (p, at));
             }
             Err(e) => tracing::warn!("ignoring instance record {}: {e}", entry.key),
@@ -138,10 +181,61 @@ fn note(seen: &mut Seen, entry: kv::Entry) {
     }
 }
 
-/// Drops records not refreshed within [`STALE`].
-fn prune(seen: &mut Seen) {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i128);
-    seen.retain(|_, (_, at)| now - *at < STALE.as_millis() as i128);
+/// Drops records not refreshed within [`STALE`] of `now_ms` (the server's time).
+fn prune(seen: &mut Seen, now_ms: i128) {
+    seen.retain(|_, (_, at)| now_ms - *at < STALE.as_millis() as i128);
+}
+
+/// When the server stored `entry`, in ms since the Unix epoch (by the server's clock).
+fn stored_ms(entry: &kv::Entry) -> i128 {
+    entry.created.unix_timestamp_nanos() / 1_000_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn presence(name: &str) -> Presence {
+        Presence {
+            instance: name.into(),
+            app: "pages".into(),
+            live: None,
+            canary: None,
+            failed: None,
+            switched: None,
+        }
+    }
+
+    #[test]
+    fn records_age_by_the_servers_clock_whatever_the_local_one_says() {
+        // A server 1 h ahead of (or behind) this machine: its times are all that count.
+        for skew_ms in [3_600_000i128, -3_600_000] {
+            let local_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as i128;
+            let server_ms = local_ms + skew_ms;
+            let clock = ServerClock {
+                at_ms: server_ms,
+                read: Instant::now(),
+            };
+            let now = clock.now_ms();
+            assert!((server_ms..server_ms + 1_000).contains(&now), "{now}");
+            let mut seen = Seen::new();
+            seen.insert("fresh".into(), (presence("fresh"), server_ms - 2_000));
+            seen.insert("stale".into(), (presence("stale"), server_ms - 11_000));
+            prune(&mut seen, now);
+            assert_eq!(seen.keys().collect::<Vec<_>>(), ["fresh"], "skew {skew_ms}");
+        }
+    }
+
+    #[test]
+    fn the_server_clock_runs_on_with_local_time() {
+        let clock = ServerClock {
+            at_ms: 1_000_000,
+            read: Instant::now() - Duration::from_secs(4),
+        };
+        let now = clock.now_ms();
+        assert!((1_004_000..1_005_000).contains(&now), "{now}");
+    }
 }
