@@ -227,16 +227,24 @@ async function readPointer() {
 }
 
 // Reads the pointer and applies it when it is newer than what is served; a version that
-// did not load is tried again only when its fetch failed.
-async function reconcile() {
+// did not load is tried again only when its fetch failed. After a hint (a change seen on
+// the key) the stored pointer may lag the hint by a moment: it is read again a few times
+// (10 ms, doubling, about 300 ms in all) before the hint counts as refused.
+async function reconcile(hint = false) {
   if (!nc || stopping) return;
-  try {
-    const entry = await readPointer();
-    if (!entry || entry.revision <= applied) return;
-    if (failed && failed.revision === entry.revision && !failed.retry) return;
-    await offer(entry);
-  } catch (err) {
-    log.warn(`cannot read the pointer of ${app}: ${err.message}`);
+  for (let tries = 0, pause = 10; ; tries += 1, pause *= 2) {
+    try {
+      const entry = await readPointer();
+      if (entry && entry.revision > applied) {
+        if (failed && failed.revision === entry.revision && !failed.retry) return;
+        await offer(entry);
+        return;
+      }
+    } catch (err) {
+      log.warn(`cannot read the pointer of ${app}: ${err.message}`);
+    }
+    if (!hint || tries >= 5) return;
+    await new Promise((r) => setTimeout(r, pause));
   }
 }
 
@@ -255,7 +263,7 @@ async function connectNats() {
   nc = await nats.connect(natsOptions());
   // A change published on the key is only a hint: the KV may have refused it (a
   // compare-and-set that lost), so the pointer is read back before it is applied.
-  nats.kvWatch(nc, POINTERS_BUCKET, app, () => { reconcile(); });
+  nats.kvWatch(nc, POINTERS_BUCKET, app, () => { reconcile(true); });
   nc.on('error', (err) => log.warn(`NATS: ${err.message}`));
   nc.on('disconnect', () => log.warn('NATS connection lost; reconnecting'));
   nc.on('reconnect', () => {
