@@ -316,3 +316,24 @@ fn tls_with_a_private_ca() {
     assert_eq!(out["echoed"], 200 * 1024);
     assert_rejected("TLS without the CA", &out["noCa"], &["TLS", "certificate"]);
 }
+
+/// An NKey user: the client signs the server's nonce with the seed; another user's seed and
+/// a string that is no seed are refused, and no seed shows in the output.
+#[test]
+fn nkey_auth() {
+    let dir = tempfile::tempdir().unwrap();
+    let user = common::nats::nkey::user_key(dir.path(), "light");
+    let other = common::nats::nkey::user_key(dir.path(), "other");
+    let nats = TestNats::start_with_config(&format!(
+        "authorization {{ users: [ {{ nkey: {} }} ] }}\n",
+        user.public
+    ));
+    let out = node(&[&nats.url, "nkey", &user.seed, &other.seed]);
+    assert_eq!(out["connected"], true, "{out}");
+    assert_rejected("another user's seed", &out["other"], &["authorization"]);
+    assert_rejected("no seed", &out["badSeed"], &["NKey"]);
+    assert!(
+        !out.to_string().contains(&user.seed),
+        "the seed shows: {out}"
+    );
+}

@@ -6,6 +6,7 @@
 
 const net = require('net');
 const tls = require('tls');
+const nkey = require('./nkey.js');
 const crypto = require('crypto');
 const { EventEmitter } = require('events');
 
@@ -212,6 +213,8 @@ class Connection extends EventEmitter {
     this.opts = opts;
     this.servers = parseServers(opts.servers);
     this.timeoutMs = opts.timeoutMs ?? 5000;
+    // A seed that is no seed fails here, at once.
+    this.nkeyUser = opts.nkeySeed ? nkey.fromSeed(opts.nkeySeed) : null;
     this.reconnectWaitMs = opts.reconnectWaitMs ?? 250;
     this.pingIntervalMs = opts.pingIntervalMs ?? 20000;
     this.maxPingsOut = opts.maxPingsOut ?? 2;
@@ -355,6 +358,11 @@ class Connection extends EventEmitter {
         else {
           if (this.opts.user) Object.assign(connect, { user: this.opts.user, pass: this.opts.pass || '' });
           if (this.opts.token) connect.auth_token = this.opts.token;
+          if (this.nkeyUser) {
+            // An NKey user signs the server's nonce.
+            connect.nkey = this.nkeyUser.publicKey;
+            if (info && info.nonce) connect.sig = this.nkeyUser.sign(info.nonce);
+          }
         }
         let text = `CONNECT ${JSON.stringify(connect)}\r\n`;
         for (const sub of this.subs.values()) text += subLine(sub);
@@ -649,7 +657,9 @@ function subLine(sub) {
   return sub.queue ? `SUB ${sub.subject} ${sub.queue} ${sub.sid}\r\n` : `SUB ${sub.subject} ${sub.sid}\r\n`;
 }
 
-// Connects to the first server of opts.servers that answers (see the README of the API).
+// Connects to the first server of opts.servers that answers. opts: servers, name, token,
+// user + pass, nkeySeed (an NKey user seed `SU…`, which signs the server's nonce), tls
+// (true, or tls.connect options such as { ca }), timeoutMs.
 async function connect(opts = {}) {
   const nc = new Connection(opts);
   await nc._connectFirst();

@@ -31,6 +31,7 @@
 // `kiln publish` runs before it publishes).
 
 const crypto = require('crypto');
+const fs = require('fs');
 const http = require('http');
 const os = require('os');
 const path = require('path');
@@ -248,14 +249,22 @@ async function reconcile(hint = false) {
   }
 }
 
+// The NATS settings, from the same variables as kiln's own flags: KILN_NATS,
+// KILN_NATS_TOKEN or KILN_NATS_USER + KILN_NATS_PASSWORD or KILN_NATS_NKEY (a seed file),
+// KILN_NATS_CA (+ KILN_NATS_CERT, KILN_NATS_KEY) for TLS, KILN_NATS_TIMEOUT.
 function natsOptions() {
+  const env = process.env;
+  const file = (name) => (env[name] ? fs.readFileSync(env[name]) : undefined);
+  const ca = file('KILN_NATS_CA');
   return {
-    servers: process.env.KILN_NATS,
+    servers: env.KILN_NATS,
     name: `sma-light ${app} ${instance}`,
-    token: process.env.KILN_NATS_TOKEN,
-    user: process.env.KILN_NATS_USER,
-    pass: process.env.KILN_NATS_PASSWORD,
-    timeoutMs: Number(process.env.KILN_NATS_TIMEOUT || 10) * 1000,
+    token: env.KILN_NATS_TOKEN,
+    user: env.KILN_NATS_USER,
+    pass: env.KILN_NATS_PASSWORD,
+    nkeySeed: env.KILN_NATS_NKEY ? file('KILN_NATS_NKEY').toString('utf8').trim() : undefined,
+    tls: ca ? { ca, cert: file('KILN_NATS_CERT'), key: file('KILN_NATS_KEY') } : undefined,
+    timeoutMs: Number(env.KILN_NATS_TIMEOUT || 10) * 1000,
   };
 }
 

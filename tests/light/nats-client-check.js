@@ -5,6 +5,7 @@
 //   node nats-client-check.js - frames               framing and keepalive, on a fake server
 //   node nats-client-check.js <servers> reconnect    one JSON event per line (see the test)
 //   node nats-client-check.js <servers> auth <token|user> <secret>
+//   node nats-client-check.js <servers> nkey <seed> <another user's seed>
 //   node nats-client-check.js <servers> tls <ca.pem>
 
 const crypto = require('crypto');
@@ -253,7 +254,20 @@ async function tlsCheck() {
   };
 }
 
-const modes = { check, frames, reconnect, auth, tls: tlsCheck };
+// An NKey user: the right seed connects, another user's is refused.
+async function nkeyCheck() {
+  const [seed, other] = args;
+  const nc = await nats.connect({ servers, nkeySeed: seed, timeoutMs: 3000 });
+  await nc.flush();
+  await nc.close();
+  return {
+    connected: true,
+    other: await rejection(nats.connect({ servers, nkeySeed: other, timeoutMs: 3000 })),
+    badSeed: await rejection(nats.connect({ servers, nkeySeed: 'SUNOTASEED', timeoutMs: 3000 })),
+  };
+}
+
+const modes = { check, frames, reconnect, auth, tls: tlsCheck, nkey: nkeyCheck };
 if (!modes[mode]) {
   console.error(`unknown mode ${mode}`);
   process.exit(2);
