@@ -65,6 +65,15 @@ pub enum LightCommand {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Delete the app's old versions (records, and bundles no kept version of any app
+    /// names), keeping the newest N and those live, in canary or previous.
+    Prune {
+        #[command(flatten)]
+        app: AppArgs,
+        /// Versions to keep.
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        keep: usize,
+    },
     /// Make the canary live for all traffic.
     Promote {
         #[command(flatten)]
@@ -204,6 +213,24 @@ pub fn run(command: LightCommand) -> Result<()> {
                     light::rollback(&q, &name, to).await
                 })
                 .await
+            }
+            LightCommand::Prune { app, keep } => {
+                let queue = app.nats.connect(false).await?;
+                let pruned = light::prune(&queue, &app.app, keep).await?;
+                if app.json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "versions": pruned.versions, "bundles": pruned.bundles })
+                    );
+                } else {
+                    println!(
+                        "{}: deleted {} version record(s) and {} bundle(s)",
+                        app.app,
+                        pruned.versions.len(),
+                        pruned.bundles.len()
+                    );
+                }
+                Ok(())
             }
             LightCommand::Promote { app, wait: w } => {
                 moved(&app, &w, |q, name| async move {

@@ -680,3 +680,59 @@ fn instances_on_a_cluster_take_new_versions_after_a_node_is_lost() {
     let (_, failures) = client.finish();
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+#[test]
+fn prune_keeps_the_newest_and_what_the_pointer_names_and_shared_bundles() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nats = TestNats::start();
+    let rt = common::tokio_rt();
+    rt.block_on(async {
+        let queue = kiln_queue::Queue::connect(&nats.url).await.unwrap();
+        let bundle =
+            |label: &str| kiln_builder::light_bundle::pack(&variant(tmp.path(), label)).unwrap();
+        let none = serde_json::Value::Null;
+        let (b1, b2, b3, b4, b5) = (
+            bundle("1"),
+            bundle("2"),
+            bundle("3"),
+            bundle("4"),
+            bundle("5"),
+        );
+        // Another app published b1's bytes too: that bundle must stay.
+        kiln_queue::light::publish(&queue, "other", &b1, none.clone(), None)
+            .await
+            .unwrap();
+        for b in [&b1, &b2, &b3, &b4] {
+            kiln_queue::light::publish(&queue, "pages", b, none.clone(), None)
+                .await
+                .unwrap();
+        }
+        kiln_queue::light::publish(&queue, "pages", &b5, none.clone(), Some(10.0))
+            .await
+            .unwrap();
+        // Live 4, previous 3, canary 5; keeping the newest 1 (5) drops 1 and 2.
+        let pruned = kiln_queue::light::prune(&queue, "pages", 1).await.unwrap();
+        assert_eq!(pruned.versions, vec![1, 2]);
+        assert_eq!(pruned.bundles, vec![b2.digest.clone()]);
+        let (_, left) = kiln_queue::light::versions(&queue, "pages").await.unwrap();
+        let left: Vec<u64> = left.iter().map(|r| r.version).collect();
+        assert_eq!(left, vec![3, 4, 5]);
+        let stored = |b: &kiln_builder::light_bundle::Bundle| {
+            let name = format!("sha256-{}", b.digest.trim_start_matches("sha256:"));
+            let queue = queue.clone();
+            async move { matches!(queue.bundles.info(&name).await, Ok(i) if !i.deleted) }
+        };
+        assert!(stored(&b1).await, "a bundle another app names went");
+        assert!(!stored(&b2).await, "a pruned bundle stayed");
+        for b in [&b3, &b4, &b5] {
+            assert!(stored(b).await);
+        }
+        // The next version gets a new number; a pruned bundle published again is stored again.
+        let next = kiln_queue::light::publish(&queue, "pages", &b2, none, None)
+            .await
+            .unwrap();
+        assert_eq!(next.record.version, 6);
+        assert!(next.uploaded && stored(&b2).await);
+        assert!(kiln_queue::light::prune(&queue, "pages", 0).await.is_err());
+    });
+}

@@ -9,6 +9,7 @@
 //! [`VersionRecord`]; an instance's `<app>.<instance>` record ([`Presence`]) is refreshed every
 //! few seconds and expires when it stops.
 
+pub mod prune;
 pub mod publish;
 pub mod wait;
 
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::nats::{NatsError, nats_err};
 
+pub use prune::{Pruned, prune};
 pub use publish::{Published, abort, promote, publish, rollback, versions};
 pub use wait::{Live, instances, wait_live};
 
@@ -153,9 +155,12 @@ impl Presence {
     }
 }
 
+/// What separates an app from a version number in a version record's key.
+const LIGHT_VERSIONS: &str = ".versions.";
+
 /// The `kiln-light` key of an app's version record.
 pub fn version_key(app: &str, version: u64) -> String {
-    format!("{app}.versions.{version}")
+    format!("{app}{LIGHT_VERSIONS}{version}")
 }
 
 /// The keys of `store` that start with `prefix`, with that prefix taken off; `what` names

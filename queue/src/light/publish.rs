@@ -208,7 +208,8 @@ fn no_canary(app: &str) -> LightError {
 /// Uploads the bundle as `sha256-<hex>` unless the store has it. True when it uploaded.
 async fn upload(queue: &Queue, bundle: &Bundle) -> Result<bool, NatsError> {
     let name = format!("sha256-{}", bundle.digest.trim_start_matches("sha256:"));
-    if queue.bundles.info(&name).await.is_ok() {
+    // A bundle pruned earlier reads back as deleted: it is uploaded again.
+    if matches!(queue.bundles.info(&name).await, Ok(info) if !info.deleted) {
         return Ok(false);
     }
     retry::transient(
@@ -229,7 +230,7 @@ async fn upload(queue: &Queue, bundle: &Bundle) -> Result<bool, NatsError> {
 
 /// The app's version numbers, ascending.
 async fn version_numbers(queue: &Queue, app: &str) -> Result<Vec<u64>, NatsError> {
-    let prefix = format!("{app}.versions.");
+    let prefix = format!("{app}{}", super::LIGHT_VERSIONS);
     let keys = super::keys_under(&queue.light_pointers, &prefix, "sma-light versions").await?;
     let mut numbers: Vec<u64> = keys.iter().filter_map(|n| n.parse().ok()).collect();
     numbers.sort_unstable();
