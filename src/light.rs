@@ -136,11 +136,12 @@ pub fn publish(args: PublishArgs) -> Result<()> {
             } else {
                 " (bundle already stored)"
             },
-            describe(&published.pointer)
+            describe(&published.moved.pointer)
         );
-        let live = wait(&queue, &args.app, &published.pointer, since, &args.wait).await?;
+        let live = wait(&queue, &args.app, &published.moved, since, &args.wait).await?;
         if args.json {
-            let mut out = serde_json::json!({ "version": record, "pointer": published.pointer });
+            let mut out =
+                serde_json::json!({ "version": record, "pointer": published.moved.pointer });
             if let Some(live) = &live {
                 out["live"] = serde_json::json!({
                     "instances": live.instances,
@@ -254,16 +255,16 @@ pub fn run(command: LightCommand) -> Result<()> {
 async fn moved<F, Fut>(app: &AppArgs, w: &WaitArgs, change: F) -> Result<()>
 where
     F: FnOnce(Queue, String) -> Fut,
-    Fut: std::future::Future<Output = Result<Pointer, light::publish::LightError>>,
+    Fut: std::future::Future<Output = Result<light::Moved, light::publish::LightError>>,
 {
     let queue = app.nats.connect(false).await?;
     let since = Instant::now();
-    let pointer = change(queue.clone(), app.app.clone()).await?;
-    wait(&queue, &app.app, &pointer, since, w).await?;
+    let moved = change(queue.clone(), app.app.clone()).await?;
+    wait(&queue, &app.app, &moved, since, w).await?;
     if app.json {
-        println!("{}", serde_json::to_string(&pointer)?);
+        println!("{}", serde_json::to_string(&moved.pointer)?);
     } else {
-        println!("{} {}", app.app, describe(&pointer));
+        println!("{} {}", app.app, describe(&moved.pointer));
     }
     Ok(())
 }
@@ -283,7 +284,7 @@ fn describe(pointer: &Pointer) -> String {
 async fn wait(
     queue: &Queue,
     app: &str,
-    pointer: &Pointer,
+    moved: &light::Moved,
     since: Instant,
     w: &WaitArgs,
 ) -> Result<Option<light::Live>> {
@@ -293,7 +294,8 @@ async fn wait(
     let live = light::wait_live(
         queue,
         app,
-        pointer,
+        &moved.pointer,
+        moved.revision,
         since,
         Duration::from_secs(w.wait_timeout),
     )

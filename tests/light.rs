@@ -88,7 +88,8 @@ async fn publish_bundle(
     kiln_queue::light::wait_live(
         queue,
         "pages",
-        &published.pointer,
+        &published.moved.pointer,
+        published.moved.revision,
         since,
         Duration::from_secs(30),
     )
@@ -225,8 +226,11 @@ fn six_versions_go_live_on_three_instances_with_no_failed_request_and_bounded_me
     // An instance that starts now serves the current version from its first answer.
     let late = Instance::start(&image, "late", "pages", &nats.url, tmp.path());
     assert_eq!(version_on(&late, None), "6", "{}", late.log());
-    // Stopped, it takes its record with it: the next publish waits for the three others.
+    // Stopped, it takes its record with it at once.
     late.stop();
+    let listed = kiln_at(&nats.url, &["light", "instances", "pages", "--json"]);
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(listed.len(), 3, "{listed:?}");
 
     // 200 more publishes: every old version's worker thread is released, so memory stays
     // within a bound (under 32 MiB of growth per instance; measured: about 7 MiB).

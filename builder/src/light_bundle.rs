@@ -360,7 +360,7 @@ fn run_check(
         return Err(refused(if said.trim().is_empty() {
             failure.problem
         } else {
-            said.replace(CHECKED, &dir.display().to_string())
+            said.replace(&format!("{CHECKED}/"), &format!("{}/", dir.display()))
         }));
     }
     answer(&lines)
@@ -377,7 +377,7 @@ fn answer(lines: &[String]) -> Option<serde_json::Value> {
 }
 
 /// Where the checked files appear in the sandbox.
-const CHECKED: &str = "/src";
+const CHECKED: &str = "/kiln-checked-bundle";
 /// How long loading a bundle may take.
 const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 

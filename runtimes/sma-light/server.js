@@ -47,6 +47,8 @@ const POINTERS_BUCKET = 'kiln-light';
 const INSTANCES_BUCKET = 'kiln-light-instances';
 const BUNDLES_BUCKET = 'kiln-bundles';
 const HEARTBEAT_MS = Number(process.env.KILN_LIGHT_HEARTBEAT_MS || 3000);
+// A fetch that failed is tried again after 1 s, doubling up to this.
+const RETRY_MAX_MS = 5 * 60 * 1000;
 const KEY_COOKIE = 'kiln-key';
 const KEY_RE = /^[A-Za-z0-9_.=-]{1,128}$/;
 
@@ -71,13 +73,14 @@ const cache = new BundleCache(
   Math.max(2, Number(process.env.KILN_LIGHT_KEEP || 20)),
   path.join(process.cwd(), 'node_modules'),
   async (digest) => {
-    // A fetch that fails (NATS away, a timeout) is tried again later; a bundle that does
-    // not load is not.
+    // A fetch that did not reach the store (NATS away, a timeout) is tried again later,
+    // backing off; a bundle that is not there or does not load is not.
     try {
-      if (!nc) throw new Error('NATS is not connected');
+      if (!nc) throw Object.assign(new Error('NATS is not connected'), { code: 'DISCONNECTED' });
       return await nats.objectGet(nc, BUNDLES_BUCKET, `sha256-${digest.slice('sha256:'.length)}`, { maxBytes: bundle.MAX_BUNDLE_BYTES });
     } catch (err) {
-      err.retry = true;
+      // Only a fetch that did not reach the store is worth another try.
+      err.retry = ['DISCONNECTED', 'TIMEOUT', 'NO_RESPONDERS'].includes(err.code);
       throw err;
     }
   },
@@ -115,9 +118,14 @@ function offer(entry) {
   applying = applying.then(async () => {
     const next = offered;
     offered = null;
-    if (next && next.revision > applied) await apply(next);
+    if (next && next.revision > applied && !held(next.revision)) await apply(next);
   }).catch((err) => log.error('switch failed', { error: err.stack || String(err) }));
   return applying;
+}
+
+// True when the pointer at `revision` failed to load and is not to be tried (again) yet.
+function held(revision) {
+  return Boolean(failed && failed.revision === revision && (!failed.retry || Date.now() < failed.retryAt));
 }
 
 function sameVersion(have, want) {
@@ -147,7 +155,9 @@ async function apply({ pointer, revision }) {
   } catch (err) {
     for (const v of loaded) v.release();
     const target = pointer.canary && live ? pointer.canary : pointer.live;
-    failed = { version: target.version, digest: target.digest, error: err.message, revision, retry: Boolean(err.retry) };
+    const tries = failed && failed.revision === revision ? failed.tries + 1 : 1;
+    const retryAt = Date.now() + Math.min(RETRY_MAX_MS, 1000 * 2 ** (tries - 1));
+    failed = { version: target.version, digest: target.digest, error: err.message, revision, retry: Boolean(err.retry), tries, retryAt };
     log.error(`version ${target.version} failed to load; still serving version ${state.live && state.live.number}`, { error: err.message });
     event({ kind: 'light.failed', version: target.version, digest: target.digest, error: err.message });
     await presence();
@@ -184,7 +194,8 @@ function presenceRecord() {
     pid: process.pid,
     live: state.live && state.live.summary(),
     canary: state.canary && { ...state.canary.summary(), percent: state.percent },
-    failed: failed && { version: failed.version, digest: failed.digest, error: failed.error },
+    revision: applied,
+    failed: failed && { version: failed.version, digest: failed.digest, error: failed.error, retry: failed.retry },
     switched,
     at: new Date().toISOString(),
   };
@@ -237,8 +248,7 @@ async function reconcile(hint = false) {
     try {
       const entry = await readPointer();
       if (entry && entry.revision > applied) {
-        if (failed && failed.revision === entry.revision && !failed.retry) return;
-        await offer(entry);
+        if (!held(entry.revision)) await offer(entry);
         return;
       }
     } catch (err) {
@@ -353,7 +363,7 @@ async function serve(version, req, res, url, ctx) {
       return common.sendJson(res, 200, await version.call('api', name, given, request));
     } catch (err) {
       ctx.log.error(`api/${name} threw`, { error: err.stack || err.message, version: version.number });
-      return common.sendJson(res, err.status === 404 || err.status === 504 ? err.status : 500, common.errorBody(err));
+      return common.sendJson(res, [404, 503, 504].includes(err.status) ? err.status : 500, common.errorBody(err));
     }
   }
   if (version.routes.pages.has(pathname)) {
@@ -362,7 +372,7 @@ async function serve(version, req, res, url, ctx) {
       return sendAnswer(res, await version.call('page', pathname, given, request));
     } catch (err) {
       ctx.log.error(`page ${pathname} threw`, { error: err.stack || err.message, version: version.number });
-      return sendAnswer(res, { status: err.status === 504 ? 504 : 500, body: 'internal error' });
+      return sendAnswer(res, { status: [503, 504].includes(err.status) ? err.status : 500, body: 'internal error' });
     }
   }
   if (!version.publicReal) return common.sendError(res, 404, `not found: ${pathname}`);

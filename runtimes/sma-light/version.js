@@ -19,6 +19,17 @@ const FIRST_PAUSE_MS = 100;
 const MAX_PAUSE_MS = 30000;
 // A worker that lived this long clears its crash count.
 const STABLE_MS = 60000;
+// The id of the health call a new worker answers before it is taken on (calls count from 1).
+const HEALTH_ID = 0;
+
+// Resolves after `ms`; `unref` lets the process end meanwhile (a timer that only bounds a
+// wait).
+function sleep(ms, unref = false) {
+  return new Promise((r) => {
+    const timer = setTimeout(r, ms);
+    if (unref) timer.unref();
+  });
+}
 
 // The environment handlers see: the instance's own, without its NATS credentials.
 function handlerEnv() {
@@ -62,51 +73,76 @@ class Version {
     return this;
   }
 
+  // Starts a worker and takes it on once it loaded every module and answered a health
+  // call; a worker that fails, or dies before that, is ended and never taken on.
   async spawn() {
     const worker = new Worker(path.join(__dirname, 'worker.js'), {
       workerData: { dir: this.dir, version: this.number },
       env: handlerEnv(),
     });
     const started = Date.now();
-    const routes = await new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`did not load within ${LOAD_TIMEOUT_MS} ms`)), LOAD_TIMEOUT_MS);
-      worker.on('message', (msg) => {
-        if (msg.type === 'loaded') { clearTimeout(timer); resolve(msg.routes); }
-        else if (msg.type === 'failed') { clearTimeout(timer); reject(new Error(msg.error)); }
-        else this.answer(msg);
+    let alive = true;
+    let routes;
+    try {
+      routes = await new Promise((resolve, reject) => {
+        const timer = setTimeout(() => reject(new Error(`did not load within ${LOAD_TIMEOUT_MS} ms`)), LOAD_TIMEOUT_MS);
+        let loaded = null;
+        worker.on('message', (msg) => {
+          if (msg.type === 'loaded') {
+            loaded = msg.routes;
+            worker.postMessage({ id: HEALTH_ID, kind: 'health' });
+          } else if (msg.type === 'failed') {
+            clearTimeout(timer);
+            reject(new Error(msg.error));
+          } else if (msg.id === HEALTH_ID) {
+            clearTimeout(timer);
+            if (msg.ok && loaded) resolve(loaded);
+            else reject(new Error(`the health call failed: ${msg.error ? msg.error.message : 'no routes'}`));
+          } else {
+            this.answer(msg);
+          }
+        });
+        worker.on('error', (err) => { clearTimeout(timer); reject(err); });
+        worker.on('exit', (code) => {
+          alive = false;
+          clearTimeout(timer);
+          reject(new Error(`worker exited with code ${code}`));
+          if (this.worker === worker) this.exited(code, started);
+        });
       });
-      worker.on('error', (err) => { clearTimeout(timer); reject(err); });
-      worker.on('exit', (code) => {
-        clearTimeout(timer);
-        reject(new Error(`worker exited with code ${code}`));
-        this.exited(worker, code, started);
-      });
-    }).catch((err) => {
+    } catch (err) {
       worker.removeAllListeners('exit');
       worker.terminate().catch(() => {});
       throw err;
-    });
+    }
+    if (!alive || this.released) {
+      worker.removeAllListeners('exit');
+      worker.terminate().catch(() => {});
+      if (this.released) return;
+      throw new Error('worker exited as it started');
+    }
     this.routes = { pages: new Set(routes.pages), api: new Set(routes.api), middleware: routes.middleware, statics: routes.statics };
     this.worker = worker;
-    await this.call('health', null, null, null, LOAD_TIMEOUT_MS);
   }
 
-  // The worker ended by itself: calls in flight fail, later ones wait for a new worker.
-  exited(worker, code, started) {
-    if (this.worker !== worker) return; // it never started, or was released
+  // The worker ended by itself: calls in flight fail; a version still in use gets a new
+  // worker, and calls meanwhile wait for it (a retired one is released instead).
+  exited(code, started) {
     this.worker = null;
     this.fail(new Error(`version ${this.number} stopped (worker exit ${code})`));
     if (this.released) return;
+    if (this.retired) return this.release();
     this.crashes = Date.now() - started > STABLE_MS ? 1 : this.crashes + 1;
     this.onEvent({ kind: 'light.restarted', version: this.number, digest: this.digest, code, crashes: this.crashes });
-    this.ready = this.restart().finally(() => { this.ready = null; });
+    if (!this.ready) this.ready = this.restart().finally(() => { this.ready = null; });
   }
 
-  // Starts the worker again after a pause that grows with the crashes in a row.
+  // Starts the worker again after a pause that grows with the crashes in a row; stops when
+  // the version is retired or released.
   async restart() {
-    while (!this.released) {
-      await new Promise((r) => setTimeout(r, Math.min(MAX_PAUSE_MS, FIRST_PAUSE_MS * 2 ** (this.crashes - 1))));
-      if (this.released) return;
+    while (!this.released && !this.retired) {
+      await sleep(Math.min(MAX_PAUSE_MS, FIRST_PAUSE_MS * 2 ** (this.crashes - 1)));
+      if (this.released || this.retired) return;
       try {
         await this.spawn();
         return;
@@ -117,17 +153,18 @@ class Version {
     }
   }
 
-  // Calls into the worker (waiting while it restarts). A call not answered within
-  // `timeoutMs` fails with 504, so a handler that never answers cannot hold a version.
+  // Calls into the worker, waiting while it restarts. A call not answered within
+  // `timeoutMs` (the wait included) fails with 504, so nothing holds a version for ever.
   async call(kind, name, params, request, timeoutMs = CALL_TIMEOUT_MS) {
-    if (!this.worker && this.ready && !this.released) await this.ready;
-    if (!this.worker) throw new Error(`version ${this.number} is not running`);
+    const deadline = Date.now() + timeoutMs;
+    if (!this.worker && this.ready && !this.released) await Promise.race([this.ready, sleep(timeoutMs, true)]);
+    if (!this.worker) throw new common.HttpError(503, `version ${this.number} is not running`);
     const id = ++this.nextId;
     return new Promise((resolve, reject) => {
       const timer = setTimeout(() => {
         this.pending.delete(id);
         reject(new common.HttpError(504, `${kind} ${name || ''} did not answer within ${timeoutMs} ms`));
-      }, timeoutMs);
+      }, Math.max(0, deadline - Date.now()));
       const done = (f) => (value) => { clearTimeout(timer); f(value); };
       this.pending.set(id, { resolve: done(resolve), reject: done(reject) });
       this.worker.postMessage({ id, kind, name, params, request });
@@ -151,7 +188,8 @@ class Version {
     this.pending.clear();
   }
 
-  // No new requests come; the worker ends when the last one in flight is done.
+  // No new requests come; the worker ends when the last one in flight is done (a restart
+  // under way stops).
   retire() {
     this.retired = true;
     if (this.inflight === 0) this.release();

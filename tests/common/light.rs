@@ -133,7 +133,8 @@ impl Reply {
 /// `GET path` on 127.0.0.1:`port`, one connection per request.
 pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Reply> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    // Long enough for a request held across a whole `kiln publish --wait` on a busy machine.
+    stream.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut request = format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n");
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));

@@ -20,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::nats::{NatsError, nats_err};
 
 pub use prune::{Pruned, prune};
-pub use publish::{Published, abort, promote, publish, rollback, versions};
+pub use publish::{Moved, Published, abort, promote, publish, rollback, versions};
 pub use wait::{Live, instances, wait_live};
 
 /// One version an instance loads: its number and its bundle's digest.
@@ -99,6 +99,9 @@ pub struct Presence {
     /// The canary it serves, with its share.
     #[serde(default)]
     pub canary: Option<Canary>,
+    /// The KV revision of the pointer it serves (0: none yet).
+    #[serde(default)]
+    pub revision: u64,
     /// The last version it failed to load, while it keeps serving `live`.
     #[serde(default)]
     pub failed: Option<Failed>,
@@ -127,9 +130,17 @@ pub struct Failed {
     pub digest: String,
     /// Why, in the runtime's words.
     pub error: String,
+    /// The fetch did not reach the store: the instance tries again.
+    #[serde(default)]
+    pub retry: bool,
 }
 
 impl Presence {
+    /// True when the instance serves the pointer written at `revision`, or a later one.
+    pub fn serves_since(&self, pointer: &Pointer, revision: u64) -> bool {
+        self.revision >= revision && revision > 0 || self.serves(pointer)
+    }
+
     /// True when the instance serves exactly what `pointer` says.
     pub fn serves(&self, pointer: &Pointer) -> bool {
         self.live.as_ref() == Some(&pointer.live)
@@ -140,17 +151,19 @@ impl Presence {
             }
     }
 
-    /// The failure to load one of `pointer`'s versions, if this instance reports one.
+    /// The failure to load one of `pointer`'s versions, if this instance reports one and
+    /// does not try again.
     pub fn failed_on(&self, pointer: &Pointer) -> Option<&Failed> {
         let wanted = [
             Some(pointer.live.clone()),
             pointer.canary.as_ref().map(Canary::target),
         ];
         self.failed.as_ref().filter(|f| {
-            wanted
-                .iter()
-                .flatten()
-                .any(|t| t.version == f.version && t.digest == f.digest)
+            !f.retry
+                && wanted
+                    .iter()
+                    .flatten()
+                    .any(|t| t.version == f.version && t.digest == f.digest)
         })
     }
 }

@@ -22,13 +22,23 @@ pub enum LightError {
     Refused(String),
 }
 
+/// A pointer as it was written, with its KV revision (instances report the revision they
+/// serve, so a wait can tell a later pointer from an earlier one).
+#[derive(Clone, Debug)]
+pub struct Moved {
+    /// The pointer.
+    pub pointer: Pointer,
+    /// Its revision in the `kiln-light` KV.
+    pub revision: u64,
+}
+
 /// What [`publish`] did.
 #[derive(Clone, Debug)]
 pub struct Published {
     /// The new version's record.
     pub record: VersionRecord,
     /// The pointer now in place.
-    pub pointer: Pointer,
+    pub moved: Moved,
     /// The bundle was uploaded (false: the store had it already).
     pub uploaded: bool,
 }
@@ -61,13 +71,13 @@ pub async fn publish(
         version: record.version,
         digest: record.digest.clone(),
     };
-    let pointer = change(queue, app, |current| {
+    let moved = change(queue, app, |current| {
         next_pointer(app, current, &target, canary)
     })
     .await?;
     Ok(Published {
         record,
-        pointer,
+        moved,
         uploaded,
     })
 }
@@ -130,7 +140,7 @@ pub async fn versions(
 /// Rolls the app back: with a canary in flight, the canary ends and the live version keeps
 /// all traffic; otherwise version `to`, or the version live before the current one, becomes
 /// live. Instances keep recent bundles, so going back needs no fetch.
-pub async fn rollback(queue: &Queue, app: &str, to: Option<u64>) -> Result<Pointer, LightError> {
+pub async fn rollback(queue: &Queue, app: &str, to: Option<u64>) -> Result<Moved, LightError> {
     let chosen = match to {
         Some(n) => Some(record(queue, app, n).await?),
         None => None,
@@ -167,7 +177,7 @@ pub async fn rollback(queue: &Queue, app: &str, to: Option<u64>) -> Result<Point
 }
 
 /// The canary becomes live for all traffic.
-pub async fn promote(queue: &Queue, app: &str) -> Result<Pointer, LightError> {
+pub async fn promote(queue: &Queue, app: &str) -> Result<Moved, LightError> {
     change(queue, app, |current| {
         let p = current.ok_or_else(|| no_versions(app))?;
         let canary = p.canary.clone().ok_or_else(|| no_canary(app))?;
@@ -182,7 +192,7 @@ pub async fn promote(queue: &Queue, app: &str) -> Result<Pointer, LightError> {
 }
 
 /// The canary ends; the live version keeps all traffic.
-pub async fn abort(queue: &Queue, app: &str) -> Result<Pointer, LightError> {
+pub async fn abort(queue: &Queue, app: &str) -> Result<Moved, LightError> {
     change(queue, app, |current| {
         let p = current.ok_or_else(|| no_versions(app))?;
         p.canary.as_ref().ok_or_else(|| no_canary(app))?;
@@ -304,7 +314,7 @@ async fn change(
     queue: &Queue,
     app: &str,
     next: impl Fn(Option<Pointer>) -> Result<Pointer, LightError>,
-) -> Result<Pointer, LightError> {
+) -> Result<Moved, LightError> {
     validate_app(app).map_err(|e| LightError::Refused(e.to_string()))?;
     loop {
         let current = pointer(queue, app).await?;
@@ -313,18 +323,21 @@ async fn change(
         let value = Bytes::from(serde_json::to_vec(&wanted).expect("a pointer serializes"));
         let done = match revision {
             Some(r) => match queue.light_pointers.update(app, value, r).await {
-                Ok(_) => true,
-                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => false,
+                Ok(revision) => Some(revision),
+                Err(e) if e.kind() == UpdateErrorKind::WrongLastRevision => None,
                 Err(e) => return Err(NatsError::new("move the sma-light pointer", e).into()),
             },
             None => match queue.light_pointers.create(app, value).await {
-                Ok(_) => true,
-                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => false,
+                Ok(revision) => Some(revision),
+                Err(e) if e.kind() == CreateErrorKind::AlreadyExists => None,
                 Err(e) => return Err(NatsError::new("set the sma-light pointer", e).into()),
             },
         };
-        if done {
-            return Ok(wanted);
+        if let Some(revision) = done {
+            return Ok(Moved {
+                pointer: wanted,
+                revision,
+            });
         }
     }
 }

@@ -80,13 +80,15 @@ impl ServerClock {
     }
 }
 
-/// Waits until every running instance of `app` serves `pointer`, or one reports that it
-/// cannot load it; `since` is when the pointer changed. No instance running is not an
+/// Waits until every running instance of `app` serves `pointer` (written at KV `revision`)
+/// or a later pointer, or one reports that it cannot load it; `since` is when the pointer
+/// changed. No instance running is not an
 /// error: instances that start later load the pointer before they are ready.
 pub async fn wait_live(
     queue: &Queue,
     app: &str,
     pointer: &Pointer,
+    revision: u64,
     since: Instant,
     timeout: Duration,
 ) -> Result<Live, LightError> {
@@ -105,7 +107,9 @@ pub async fn wait_live(
             .iter()
             .filter_map(|(name, (p, _))| Some((name.clone(), p.failed_on(pointer)?.clone())))
             .collect();
-        let all = seen.values().all(|(p, _)| p.serves(pointer));
+        let all = seen
+            .values()
+            .all(|(p, _)| p.serves_since(pointer, revision));
         if !failed.is_empty() || all {
             return Ok(Live {
                 instances: seen.keys().cloned().collect(),
@@ -117,7 +121,7 @@ pub async fn wait_live(
         if now >= deadline {
             let behind: Vec<String> = seen
                 .iter()
-                .filter(|(_, (p, _))| !p.serves(pointer))
+                .filter(|(_, (p, _))| !p.serves_since(pointer, revision))
                 .map(|(name, (p, _))| {
                     let live = p.live.as_ref().map_or(0, |t| t.version);
                     format!("{name} serves version {live}")
@@ -201,9 +205,47 @@ mod tests {
             app: "pages".into(),
             live: None,
             canary: None,
+            revision: 0,
             failed: None,
             switched: None,
         }
+    }
+
+    #[test]
+    fn a_later_pointer_counts_and_a_failure_tried_again_does_not() {
+        let target = |version| super::super::Target {
+            version,
+            digest: format!("sha256:{version:064}"),
+        };
+        let pointer = Pointer {
+            app: "pages".into(),
+            live: target(4),
+            canary: None,
+            previous: None,
+        };
+        let mut p = presence("a");
+        p.live = Some(target(3));
+        p.revision = 9;
+        assert!(!p.serves_since(&pointer, 10), "an earlier pointer");
+        assert!(
+            p.serves_since(&pointer, 9) && p.serves_since(&pointer, 8),
+            "this one or a later one"
+        );
+        p.revision = 0;
+        p.live = Some(target(4));
+        assert!(
+            p.serves_since(&pointer, 10),
+            "exactly what the pointer says"
+        );
+        p.failed = Some(Failed {
+            version: 4,
+            digest: target(4).digest,
+            error: "timed out".into(),
+            retry: true,
+        });
+        assert!(p.failed_on(&pointer).is_none(), "it tries again");
+        p.failed.as_mut().unwrap().retry = false;
+        assert!(p.failed_on(&pointer).is_some());
     }
 
     #[test]
