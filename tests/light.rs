@@ -740,3 +740,34 @@ fn prune_keeps_the_newest_and_what_the_pointer_names_and_shared_bundles() {
         assert!(kiln_queue::light::prune(&queue, "pages", 0).await.is_err());
     });
 }
+
+/// The worker lifecycle of one version, driven directly (tests/light/version-check.js): a
+/// call made while a crashed worker restarts waits and is answered; a version retired
+/// during a restart is released with no worker left; a call waiting on restarts that keep
+/// failing ends at its deadline (1.5 s there) with 503.
+#[test]
+fn a_version_restarts_its_worker_and_calls_wait_within_their_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("node")
+        .arg(root().join("tests/light/version-check.js"))
+        .arg(tmp.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap();
+    let out: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(out["first"], "ok", "{out}");
+    assert_eq!(out["duringRestart"], "ok", "{out}");
+    assert_eq!(out["retired"]["released"], true, "{out}");
+    assert_eq!(out["retired"]["worker"], false, "{out}");
+    assert_eq!(out["waiting"]["status"], 503, "{out}");
+    let ms = out["waiting"]["ms"].as_u64().unwrap();
+    assert!((1400..10_000).contains(&ms), "{out}");
+    for kind in ["light.restarted", "light.restart-failed"] {
+        assert!(
+            out["events"].as_array().unwrap().iter().any(|e| e == kind),
+            "{out}"
+        );
+    }
+}
