@@ -291,7 +291,12 @@ async function connectNats() {
     reconcile();
     presence();
   });
-  await nc.flush();
+  // A connection lost right after connecting must not hold the start up.
+  const timeoutMs = natsOptions().timeoutMs;
+  await Promise.race([
+    nc.flush(),
+    new Promise((_, reject) => setTimeout(() => reject(new Error(`no answer within ${timeoutMs} ms`)), timeoutMs).unref()),
+  ]);
 }
 
 // --- HTTP ---
@@ -379,8 +384,12 @@ async function serve(version, req, res, url, ctx) {
   return common.serveStatic(req, res, version.publicReal, pathname);
 }
 
+// What /kiln/light shows on the app's port: the presence record without a load error's
+// text (which may hold configuration; the record in NATS keeps it).
 function status() {
-  return { ...presenceRecord(), routes: routesOf(state.live) };
+  const record = presenceRecord();
+  if (record.failed) record.failed = { version: record.failed.version, digest: record.failed.digest };
+  return { ...record, routes: routesOf(state.live) };
 }
 
 function routesOf(version) {
