@@ -597,6 +597,34 @@ fn a_hostile_bundle_is_not_unpacked_and_the_instance_keeps_serving() {
         );
         assert_eq!(version_on(&instance, None), "good", "{what}");
     }
+    // A large bundle (unpacked off the instance's main thread) is served like any other.
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let noise: String = (0..3 * 1024 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b"0123456789abcdef"[(x & 15) as usize])
+        })
+        .collect();
+    let big = crafted(&[
+        (
+            "api/version.js",
+            "module.exports = async () => ({ version: 'big' });",
+        ),
+        ("public/noise.txt", &noise),
+    ]);
+    assert!(big.bytes.len() > 1024 * 1024, "{}", big.bytes.len());
+    let live = rt.block_on(async {
+        let queue = kiln_queue::Queue::connect(&nats.url).await.unwrap();
+        publish_bundle(&queue, &big).await
+    });
+    assert!(live.failed.is_empty(), "{live:?}");
+    assert_eq!(version_on(&instance, None), "big", "{}", instance.log());
+    let noise_back = instance.get("/noise.txt", &[]).unwrap();
+    assert_eq!(noise_back.body.len(), noise.len());
+    assert!(noise_back.body == noise);
+
     // No file of theirs was written anywhere.
     let found = std::process::Command::new("find")
         .arg(image.join("rootfs"))

@@ -6,7 +6,13 @@
 
 const fs = require('fs');
 const path = require('path');
+const { Worker } = require('worker_threads');
 const bundle = require('./bundle.js');
+
+// Bundles at least this big are decoded and unpacked in a worker thread (unpack.js): up
+// to 20,000 files would otherwise hold the main thread for seconds. Smaller ones take a
+// few milliseconds here, less than starting a thread.
+const OFF_THREAD_BYTES = 1024 * 1024;
 
 class BundleCache {
   // `fetch(digest)` resolves with a bundle's bytes from the store (or null when it has none);
@@ -32,7 +38,7 @@ class BundleCache {
       if (!bytes) throw new Error(`bundle ${digest} is not in the store`);
       fetched = true;
     }
-    const files = await bundle.decode(bytes, digest); // checks the digest, also of a cached copy
+    await this.unpack(bytes, digest, dir); // checks the digest, also of a cached copy
     if (fetched) {
       fs.mkdirSync(path.dirname(file), { recursive: true });
       fs.writeFileSync(`${file}.part`, bytes);
@@ -41,8 +47,23 @@ class BundleCache {
       const now = new Date();
       fs.utimesSync(file, now, now); // most recently used
     }
-    bundle.extract(files, dir, this.nodeModules);
     return { dir, fetched };
+  }
+
+  // Decodes `bytes` (checking `digest` and the limits) and unpacks them into `dir`.
+  async unpack(bytes, digest, dir) {
+    if (bytes.length < OFF_THREAD_BYTES) {
+      bundle.extract(await bundle.decode(bytes, digest), dir, this.nodeModules);
+      return;
+    }
+    await new Promise((resolve, reject) => {
+      const worker = new Worker(path.join(__dirname, 'unpack.js'), {
+        workerData: { bytes, digest, dir, nodeModules: this.nodeModules },
+      });
+      worker.once('message', (m) => (m.ok ? resolve() : reject(new Error(m.error))));
+      worker.once('error', reject);
+      worker.once('exit', (code) => reject(new Error(`unpacking stopped (worker exit ${code})`)));
+    });
   }
 
   // Drops bundles beyond the newest `keep`, except those whose digests are in `inUse`, and
