@@ -4,8 +4,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
@@ -256,24 +255,18 @@ struct Response {
     body: String,
 }
 
-/// An HTTP/1.0 request to 127.0.0.1:`port` (`None` when nothing answers).
+/// A request to 127.0.0.1:`port` (`None` when nothing answers).
 fn request(port: u16, method: &str, path: &str, body: Option<&str>) -> Option<Response> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    let body = body.unwrap_or("");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
+    let reply = common::light::request(port, method, path, &[], body).ok()?;
+    let head: Vec<String> = reply
+        .headers
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
     Some(Response {
-        status: head.split_whitespace().nth(1)?.parse().ok()?,
-        head: head.to_ascii_lowercase(),
-        body: body.to_owned(),
+        status: reply.status,
+        head: head.join("\r\n").to_ascii_lowercase(),
+        body: reply.body,
     })
 }
 

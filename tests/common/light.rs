@@ -1,6 +1,6 @@
 //! sma-light instances for tests: the built runtime image, unpacked, run as a container
 //! runtime would (its own PID namespace, non-root user) with NATS settings; a plain
-//! HTTP/1.1 client; and app folders that differ only in the version they report.
+//! HTTP/1.0 client (also for tests/dev.rs); and app folders that differ only in the version they report.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -132,14 +132,34 @@ impl Reply {
 
 /// `GET path` on 127.0.0.1:`port`, one connection per request.
 pub fn get(port: u16, path: &str, headers: &[(&str, &str)]) -> std::io::Result<Reply> {
+    request(port, "GET", path, headers, None)
+}
+
+/// `method path` on 127.0.0.1:`port` with `body` (sent as JSON), one connection per
+/// request.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Option<&str>,
+) -> std::io::Result<Reply> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     // Long enough for a request held across a whole `kiln publish --wait` on a busy machine.
     stream.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut request = format!("GET {path} HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n");
+    let mut request =
+        format!("{method} {path} HTTP/1.0\r\nhost: 127.0.0.1\r\nconnection: close\r\n");
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
     }
+    if let Some(body) = body {
+        request.push_str(&format!(
+            "content-type: application/json\r\ncontent-length: {}\r\n",
+            body.len()
+        ));
+    }
     request.push_str("\r\n");
+    request.push_str(body.unwrap_or(""));
     stream.write_all(request.as_bytes())?;
     let mut raw = Vec::new();
     stream.read_to_end(&mut raw)?;
