@@ -463,7 +463,16 @@ fn a_request_in_flight_finishes_on_the_version_it_started_on() {
         dir
     };
     let tmp_in_image = image.join("rootfs/tmp");
-    publish(&nats.url, &slow("old"), &[]);
+    let old = slow("old");
+    // Handlers' process.env leaves out the instance's NATS settings.
+    std::fs::write(
+        old.join("api/env.js"),
+        "module.exports = async () => ({ nats: Object.keys(process.env).filter((k) => k.startsWith('KILN_NATS')), app: process.env.KILN_APP });\n",
+    )
+    .unwrap();
+    publish(&nats.url, &old, &[]);
+    let env = instance.get("/api/env", &[]).unwrap();
+    assert_eq!(env.body, r#"{"nats":[],"app":"pages"}"#, "{env:?}");
     let port = instance.port;
     let in_flight = std::thread::spawn(move || get(port, "/api/slow", &[]).unwrap());
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
